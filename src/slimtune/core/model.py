@@ -1,0 +1,316 @@
+"""AdaptedModel: a base model with named adapters injected by module replacement (the base is not copied).
+
+It keeps which adapters exist, which are active, trainable and merged, and passes ``forward`` straight
+through to the base model; the per-method work happens inside the AdapterLayer modules it placed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimtune.core.fingerprint import fingerprint_tensors
+from slimtune.core.layer import AdapterLayer
+from slimtune.core.plugin import AdapterConfig, spec_for_config
+from slimtune.core.report import ParameterReport, build_report
+from slimtune.errors import AdapterNameError, AdapterStateError, ConfigError, KeyMismatchError, MergeError
+
+log = logging.getLogger(__name__)
+
+
+def canonical_path(path: str) -> str:
+    """The module path as the base model names it (our wrappers insert ``.base_layer``)."""
+    return path.replace(".base_layer", "")
+
+
+class AdaptedModel(nn.Module):
+    """A base model plus named adapters; see ``slimtune.adapt``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if isinstance(model, AdaptedModel):
+            raise ConfigError("this model is already an AdaptedModel; call add_adapter() on it instead")
+        self.model = model
+        self.configs: dict[str, AdapterConfig] = {}
+        self.paths: dict[str, list[str]] = {}
+        self._active: tuple[str, ...] = ()
+        self._unloaded = False
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self._fingerprint = fingerprint_tensors(model.state_dict().items())
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+    # ----- adapters -------------------------------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.configs)
+
+    @property
+    def active_adapters(self) -> tuple[str, ...]:
+        return self._active
+
+    @property
+    def merged_adapters(self) -> list[str]:
+        merged: list[str] = []
+        for _, layer in self.adapter_layers():
+            merged += [m for m in layer.merged if m not in merged]
+        return merged
+
+    @property
+    def base_fingerprint(self) -> str:
+        return self._fingerprint
+
+    def adapter_layers(self, name: str | None = None) -> list[tuple[str, AdapterLayer]]:
+        """(path, layer) of every adapter layer, or of those holding adapter ``name``."""
+        return [(p, m) for p, m in self.model.named_modules()
+                if isinstance(m, AdapterLayer) and (name is None or name in m.adapter_names())]
+
+    def add_adapter(self, name: str, config: AdapterConfig, *, trainable: bool = True) -> None:
+        """Inject a new adapter; it is trainable (unless told otherwise) but not active until set_active."""
+        self._check_usable()
+        if not isinstance(name, str) or not name or "." in name or "/" in name:
+            raise ConfigError(f"adapter name must be a non-empty string without '.' or '/', got {name!r}")
+        if name in self.configs:
+            raise AdapterNameError(f"an adapter named {name!r} exists already; delete_adapter({name!r}) first")
+        if self.merged_adapters:
+            raise AdapterStateError("adapters are merged; unmerge() before adding another")
+        spec = spec_for_config(config)
+        paths = spec.plan(self.model, config)  # raises before anything is touched
+        try:
+            spec.inject(self.model, config, name, paths)
+        except Exception:
+            self._remove_from_layers(name)
+            raise
+        self.configs[name] = config
+        self.paths[name] = paths
+        self._sync_active()
+        for _, layer in self.adapter_layers(name):
+            layer.train(layer.base_layer.training)  # new modules start in training mode; follow the base
+            for p in layer.adapter_parameters(name).values():
+                p.requires_grad_(trainable)
+        log.info("added adapter %r (%s) to %d modules", name, type(config).__name__, len(paths))
+
+    def delete_adapter(self, name: str) -> None:
+        self._check_known([name])
+        if name in self.merged_adapters:
+            raise AdapterStateError(f"adapter {name!r} is merged; unmerge() before deleting it")
+        self._remove_from_layers(name)
+        del self.configs[name]
+        del self.paths[name]
+        self._active = tuple(a for a in self._active if a != name)
+        self._sync_active()
+
+    def _remove_from_layers(self, name: str) -> None:
+        # deepest first, so that unwrapping an inner layer happens before its outer one is looked at
+        for path, layer in reversed(self.adapter_layers()):
+            if name in layer.adapter_names():
+                layer.remove(name)
+            if not layer.adapter_names():
+                _replace(self.model, path, layer.base_layer)
+
+    def set_active(self, names: str | Sequence[str]) -> None:
+        """Make these adapters the active set; several active adapters add their deltas."""
+        chosen = (names,) if isinstance(names, str) else tuple(names)
+        self._check_known(chosen)
+        if self.merged_adapters:
+            raise AdapterStateError("adapters are merged; unmerge() before changing the active set")
+        self._active = tuple(dict.fromkeys(chosen))
+        self._sync_active()
+
+    def _sync_active(self) -> None:
+        for _, layer in self.adapter_layers():
+            own = layer.adapter_names()
+            layer.active = tuple(a for a in self._active if a in own)
+
+    def set_trainable(self, names: str | Sequence[str]) -> None:
+        """Only these adapters' parameters will receive gradients; the base always stays frozen."""
+        chosen = {names} if isinstance(names, str) else set(names)
+        self._check_known(chosen)
+        for _, layer in self.adapter_layers():
+            for n in layer.adapter_names():
+                for p in layer.adapter_parameters(n).values():
+                    p.requires_grad_(n in chosen)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_report(self) -> ParameterReport:
+        return build_report(self.model)
+
+    def _check_known(self, names: Sequence[str] | set[str]) -> None:
+        self._check_usable()
+        unknown = [n for n in names if n not in self.configs]
+        if unknown:
+            raise AdapterNameError(f"unknown adapter(s) {unknown}; this model has {self.adapter_names}")
+
+    def _check_usable(self) -> None:
+        if self._unloaded:
+            raise AdapterStateError("merge_and_unload() consumed this AdaptedModel; use the model it returned")
+
+    # ----- forward ---------------------------------------------------------------------------------
+    def forward(self, *args: Any, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
+        with self._rows(adapter_names):
+            return self.model(*args, **kwargs)
+
+    def generate(self, *args: Any, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
+        with self._rows(adapter_names):
+            return self.model.generate(*args, **kwargs)  # type: ignore[operator]
+
+    @contextlib.contextmanager
+    def _rows(self, adapter_names: Sequence[str | None] | None) -> Iterator[None]:
+        if adapter_names is None:
+            yield
+            return
+        rows = list(adapter_names)
+        self._check_known({n for n in rows if n is not None})
+        if self.merged_adapters:
+            raise AdapterStateError("mixed-adapter batches need unmerged adapters; call unmerge() first")
+        layers = [layer for _, layer in self.adapter_layers()]
+        for layer in layers:
+            layer.row_adapters = rows
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.row_adapters = None
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Within this block the model computes exactly what the base model computes."""
+        if self.merged_adapters:
+            raise AdapterStateError("adapters are merged into the base weights; unmerge() before disabled()")
+        layers = [layer for _, layer in self.adapter_layers()]
+        for layer in layers:
+            layer.disabled = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.disabled = False
+
+    # ----- merging ---------------------------------------------------------------------------------
+    def merge(self, names: Sequence[str] | None = None) -> None:
+        """Fold adapters (default: the active ones) into the base weights; merging twice is a no-op."""
+        chosen = list(self._active if names is None else names)
+        self._check_known(chosen)
+        todo = [(path, layer, n) for n in chosen for path, layer in self.adapter_layers(n) if n not in layer.merged]
+        for path, layer, n in todo:
+            if not layer.mergeable:
+                raise MergeError(f"adapter {n!r} ({type(layer).__name__} at {path}) cannot be merged")
+            self._check_untied(path, layer)
+            layer.check_merge(n)  # every check passes before any weight changes
+        for _, layer, n in todo:
+            layer.merge(n)
+
+    def unmerge(self) -> None:
+        """Take merged adapters back out of the base weights; a no-op when nothing is merged."""
+        self._check_usable()
+        for _, layer in self.adapter_layers():
+            layer.unmerge()
+
+    def _check_untied(self, path: str, layer: AdapterLayer) -> None:
+        own = {id(t) for t in layer.base_tensors().values()}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            if id(param) in own and not canonical_path(name).startswith(canonical_path(path) + "."):
+                raise MergeError(
+                    f"{canonical_path(path)} shares its weight with {canonical_path(name)} (tied embeddings); "
+                    "merging would change both. Untie them first (clone the weight), or keep the adapter unmerged"
+                )
+
+    def merge_and_unload(self, names: Sequence[str] | None = None) -> nn.Module:
+        """Merge (default: the active adapters), remove every slimtune layer, return the plain base model."""
+        self.merge(names)
+        for path, layer in reversed(self.adapter_layers()):
+            _replace(self.model, path, layer.base_layer)
+        self._unloaded = True
+        return self.model
+
+    # ----- state -----------------------------------------------------------------------------------
+    def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """One adapter's tensors with PEFT's keys relative to the base model (no ``base_model.model.``)."""
+        self._check_known([name])
+        state: dict[str, torch.Tensor] = {}
+        for path, layer in self.adapter_layers(name):
+            for key, value in layer.export_state(name).items():
+                state[f"{canonical_path(path)}.{key}"] = value
+        return state
+
+    def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        """Copy tensors into adapter ``name``; the key sets and shapes must match exactly, or nothing changes."""
+        self._check_known([name])
+        expected: dict[str, tuple[AdapterLayer, str, tuple[int, ...]]] = {}
+        for path, layer in self.adapter_layers(name):
+            for key, shape in layer.expected_shapes(name).items():
+                expected[f"{canonical_path(path)}.{key}"] = (layer, key, shape)
+        _check_keys(expected, state)
+        per_layer: dict[int, tuple[AdapterLayer, dict[str, torch.Tensor]]] = {}
+        for full, (layer, key, _) in expected.items():
+            per_layer.setdefault(id(layer), (layer, {}))[1][key] = state[full]
+        for layer, part in per_layer.values():
+            layer.import_state(name, part)
+
+    def save_adapter(self, directory: str | Path, names: Sequence[str] | None = None) -> Path:
+        from slimtune.formats.peft import save_adapter
+
+        return save_adapter(self, directory, names)
+
+
+def _check_keys(expected: dict[str, tuple[AdapterLayer, str, tuple[int, ...]]],
+                state: dict[str, torch.Tensor]) -> None:
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(f"{k}: file {tuple(state[k].shape)} vs model {expected[k][2]}"
+                   for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k][2])
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_clip(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_clip(unexpected)}")
+        if wrong:
+            parts.append(f"shape mismatches ({len(wrong)}): {_clip(wrong)}")
+        raise KeyMismatchError(
+            "adapter weights do not fit this model: " + "; ".join(parts)
+            + ". Check that the adapter was trained on this base model and that its config is intact."
+        )
+
+
+def _clip(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, new)
+
+
+def adapt(model: nn.Module, config: AdapterConfig, name: str = "default") -> AdaptedModel:
+    """Inject adapter ``name`` into ``model`` (in place, no copy), make it active and trainable."""
+    if isinstance(model, AdaptedModel):
+        model.add_adapter(name, config, trainable=True)
+        model.set_active((*model.active_adapters, name))
+        return model
+    flags = [p.requires_grad for p in model.parameters()]
+    adapted = AdaptedModel(model)
+    try:
+        adapted.add_adapter(name, config, trainable=True)
+    except Exception:
+        for p, flag in zip(model.parameters(), flags, strict=True):  # leave the caller's model as it was
+            p.requires_grad_(flag)
+        raise
+    adapted.set_active(name)
+    return adapted
