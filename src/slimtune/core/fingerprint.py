@@ -17,7 +17,8 @@ def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     for name, tensor in sorted(named, key=lambda item: item[0]):
         flat = tensor.detach().reshape(-1)
         if flat.numel() > _SAMPLE:
-            idx = torch.linspace(0, flat.numel() - 1, _SAMPLE, device=flat.device).long()
+            # integer arithmetic: a float linspace rounds past the end for tensors of tens of millions
+            idx = torch.arange(_SAMPLE, device=flat.device, dtype=torch.int64) * (flat.numel() - 1) // (_SAMPLE - 1)
             flat = flat.index_select(0, idx)
         sample = flat.to(torch.bfloat16).float().cpu().numpy().tobytes()
         digest.update(f"{name}:{tuple(tensor.shape)};".encode())
