@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 import slimtune as st
-from slimtune.data import DataSpec, build_dataset, collator_for
+from slimtune.data import DataSpec, build_dataset, collator_for, load_and_validate
 from slimtune.embedded import load_smollm2
 from slimtune.formats.safe import write_json
-from slimtune.train import Trainer, TrainConfig
+from slimtune.train import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,6 @@ def _data(tokenizer: Any, config: DemoConfig) -> dict[str, Any]:
                                          max_rows=config.eval_rows), tokenizer, config.max_length)
     ood, _ = build_dataset(DataSpec("builtin:chatterbot", split="ood", seed=config.seed,
                                     max_rows=config.eval_rows), tokenizer, config.max_length)
-    from slimtune.data import load_and_validate
-
     rows, _ = load_and_validate(DataSpec("builtin:chatterbot", split="test", seed=config.seed))
     samples = [{"question": _field(r, "question"), "answer": _field(r, "answer")} for r in rows[: config.samples]]
     return {"train": train, "held_out": held_out, "ood": ood, "collate": collator_for(report, tokenizer),

@@ -129,3 +129,35 @@ class AdapterLayer(nn.Module):
 
     def all_parameters(self, names: Iterable[str]) -> list[torch.Tensor]:
         return [p for n in names if n in self.adapter_names() for p in self.adapter_parameters(n).values()]
+
+
+class InputAdapter(nn.Module):
+    """An adapter that acts on the model's inputs as a whole (virtual tokens, per-layer key/value prefixes)
+    rather than inside one layer. Its tensors are saved without the ``base_model.model.`` prefix, as PEFT
+    saves prompt-learning methods (``prompt_embeddings``)."""
+
+    mergeable: bool = False
+
+    def adapter_parameters(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach() for k, p in self.adapter_parameters().items()}
+
+    def import_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = self.adapter_parameters()
+        with torch.no_grad():
+            for key, value in state.items():
+                params[key].copy_(value.to(dtype=params[key].dtype, device=params[key].device))
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.export_state().items()}
+
+    def prepare(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict]:
+        """Rewrite the forward call's arguments (e.g. prepend virtual token embeddings)."""
+        raise NotImplementedError
+
+    def prepare_generation(self, model: nn.Module, args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> tuple[tuple, dict]:
+        """Rewrite ``generate``'s arguments; defaults to ``prepare``."""
+        return self.prepare(model, args, kwargs)

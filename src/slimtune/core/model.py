@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from slimtune.core.fingerprint import fingerprint_tensors
-from slimtune.core.layer import AdapterLayer
+from slimtune.core.layer import AdapterLayer, InputAdapter
 from slimtune.core.plugin import AdapterConfig, spec_for_config
 from slimtune.core.report import ParameterReport, build_report
-from slimtune.errors import AdapterNameError, AdapterStateError, ConfigError, KeyMismatchError, MergeError
+from slimtune.core.state import check_keys
+from slimtune.errors import AdapterNameError, AdapterStateError, ConfigError, MergeError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,12 @@ class AdaptedModel(nn.Module):
         if isinstance(model, AdaptedModel):
             raise ConfigError("this model is already an AdaptedModel; call add_adapter() on it instead")
         self.model = model
+        self.input_adapters = nn.ModuleDict()  # prompt / prefix style adapters, by name
         self.configs: dict[str, AdapterConfig] = {}
         self.paths: dict[str, list[str]] = {}
         self._active: tuple[str, ...] = ()
         self._unloaded = False
+        self._inputs_disabled = False
         for p in model.parameters():
             p.requires_grad_(False)
         self._fingerprint = fingerprint_tensors(model.state_dict().items())
@@ -90,17 +93,23 @@ class AdaptedModel(nn.Module):
         spec = spec_for_config(config)
         paths = spec.plan(self.model, config)  # raises before anything is touched
         try:
+            if spec.build_input is not None:
+                self.input_adapters[name] = spec.build_input(self.model, config)
             spec.inject(self.model, config, name, paths)
         except Exception:
             self._remove_from_layers(name)
+            if name in self.input_adapters:
+                del self.input_adapters[name]
             raise
         self.configs[name] = config
         self.paths[name] = paths
         self._sync_active()
         for _, layer in self.adapter_layers(name):
             layer.train(layer.base_layer.training)  # new modules start in training mode; follow the base
-            for p in layer.adapter_parameters(name).values():
-                p.requires_grad_(trainable)
+        if name in self.input_adapters:
+            self.input_adapters[name].train(self.model.training)
+        for p in self._params_of(name):
+            p.requires_grad_(trainable)
         log.info("added adapter %r (%s) to %d modules", name, type(config).__name__, len(paths))
 
     def delete_adapter(self, name: str) -> None:
@@ -108,6 +117,8 @@ class AdaptedModel(nn.Module):
         if name in self.merged_adapters:
             raise AdapterStateError(f"adapter {name!r} is merged; unmerge() before deleting it")
         self._remove_from_layers(name)
+        if name in self.input_adapters:
+            del self.input_adapters[name]
         del self.configs[name]
         del self.paths[name]
         self._active = tuple(a for a in self._active if a != name)
@@ -139,10 +150,20 @@ class AdaptedModel(nn.Module):
         """Only these adapters' parameters will receive gradients; the base always stays frozen."""
         chosen = {names} if isinstance(names, str) else set(names)
         self._check_known(chosen)
-        for _, layer in self.adapter_layers():
-            for n in layer.adapter_names():
-                for p in layer.adapter_parameters(n).values():
-                    p.requires_grad_(n in chosen)
+        for n in self.configs:
+            for p in self._params_of(n):
+                p.requires_grad_(n in chosen)
+
+    def _params_of(self, name: str) -> list[torch.Tensor]:
+        params = [p for _, layer in self.adapter_layers(name) for p in layer.adapter_parameters(name).values()]
+        if name in self.input_adapters:
+            params += list(self._input(name).adapter_parameters().values())
+        return params
+
+    def _input(self, name: str) -> InputAdapter:
+        module = self.input_adapters[name]
+        assert isinstance(module, InputAdapter)  # only InputAdapters are put there
+        return module
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -163,11 +184,25 @@ class AdaptedModel(nn.Module):
     # ----- forward ---------------------------------------------------------------------------------
     def forward(self, *args: Any, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
         with self._rows(adapter_names):
+            inputs = self._active_input()
+            if inputs is not None:
+                args, kwargs = inputs.prepare(self.model, args, kwargs)
             return self.model(*args, **kwargs)
 
     def generate(self, *args: Any, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
         with self._rows(adapter_names):
+            inputs = self._active_input()
+            if inputs is not None:
+                args, kwargs = inputs.prepare_generation(self.model, args, kwargs)
             return self.model.generate(*args, **kwargs)  # type: ignore[operator]
+
+    def _active_input(self) -> InputAdapter | None:
+        if self._inputs_disabled:
+            return None
+        names = [n for n in self._active if n in self.input_adapters]
+        if len(names) > 1:
+            raise AdapterStateError(f"only one prompt/prefix adapter can be active at a time, got {names}")
+        return self._input(names[0]) if names else None
 
     @contextlib.contextmanager
     def _rows(self, adapter_names: Sequence[str | None] | None) -> Iterator[None]:
@@ -176,6 +211,8 @@ class AdaptedModel(nn.Module):
             return
         rows = list(adapter_names)
         self._check_known({n for n in rows if n is not None})
+        if any(n in self.input_adapters for n in rows if n is not None):
+            raise AdapterStateError("mixed-adapter batches cannot hold prompt/prefix adapters; batch them apart")
         if self.merged_adapters:
             raise AdapterStateError("mixed-adapter batches need unmerged adapters; call unmerge() first")
         layers = [layer for _, layer in self.adapter_layers()]
@@ -195,9 +232,11 @@ class AdaptedModel(nn.Module):
         layers = [layer for _, layer in self.adapter_layers()]
         for layer in layers:
             layer.disabled = True
+        self._inputs_disabled = True
         try:
             yield
         finally:
+            self._inputs_disabled = False
             for layer in layers:
                 layer.disabled = False
 
@@ -206,6 +245,9 @@ class AdaptedModel(nn.Module):
         """Fold adapters (default: the active ones) into the base weights; merging twice is a no-op."""
         chosen = list(self._active if names is None else names)
         self._check_known(chosen)
+        unmergeable = [n for n in chosen if n in self.input_adapters]
+        if unmergeable:
+            raise MergeError(f"adapter(s) {unmergeable} act on the inputs (prompt/prefix) and cannot be merged")
         todo = [(path, layer, n) for n in chosen for path, layer in self.adapter_layers(n) if n not in layer.merged]
         for path, layer, n in todo:
             if not layer.mergeable:
@@ -246,7 +288,13 @@ class AdaptedModel(nn.Module):
         for path, layer in self.adapter_layers(name):
             for key, value in layer.export_state(name).items():
                 state[f"{canonical_path(path)}.{key}"] = value
+        if name in self.input_adapters:
+            state.update(self._input(name).export_state())
         return state
+
+    def input_state_keys(self, name: str) -> set[str]:
+        """Keys of adapter ``name`` that belong to the inputs, not to a module (saved without a prefix)."""
+        return set(self._input(name).expected_shapes()) if name in self.input_adapters else set()
 
     def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
         """Copy tensors into adapter ``name``; the key sets and shapes must match exactly, or nothing changes."""
@@ -255,41 +303,22 @@ class AdaptedModel(nn.Module):
         for path, layer in self.adapter_layers(name):
             for key, shape in layer.expected_shapes(name).items():
                 expected[f"{canonical_path(path)}.{key}"] = (layer, key, shape)
-        _check_keys(expected, state)
+        shapes = {k: v[2] for k, v in expected.items()}
+        if name in self.input_adapters:
+            shapes.update(self._input(name).expected_shapes())
+        check_keys(shapes, state)
         per_layer: dict[int, tuple[AdapterLayer, dict[str, torch.Tensor]]] = {}
         for full, (layer, key, _) in expected.items():
             per_layer.setdefault(id(layer), (layer, {}))[1][key] = state[full]
         for layer, part in per_layer.values():
             layer.import_state(name, part)
+        if name in self.input_adapters:
+            self._input(name).import_state({k: state[k] for k in self.input_state_keys(name)})
 
     def save_adapter(self, directory: str | Path, names: Sequence[str] | None = None) -> Path:
         from slimtune.formats.peft import save_adapter
 
         return save_adapter(self, directory, names)
-
-
-def _check_keys(expected: dict[str, tuple[AdapterLayer, str, tuple[int, ...]]],
-                state: dict[str, torch.Tensor]) -> None:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(f"{k}: file {tuple(state[k].shape)} vs model {expected[k][2]}"
-                   for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k][2])
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_clip(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_clip(unexpected)}")
-        if wrong:
-            parts.append(f"shape mismatches ({len(wrong)}): {_clip(wrong)}")
-        raise KeyMismatchError(
-            "adapter weights do not fit this model: " + "; ".join(parts)
-            + ". Check that the adapter was trained on this base model and that its config is intact."
-        )
-
-
-def _clip(items: list[str], n: int = 8) -> str:
-    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
 def _replace(model: nn.Module, path: str, new: nn.Module) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 from slimtune.errors import ConfigError, UnknownMethodError
 
 if TYPE_CHECKING:
-    from slimtune.core.layer import AdapterLayer
+    from slimtune.core.layer import AdapterLayer, InputAdapter
 
 
 class AdapterConfig:
@@ -35,12 +35,20 @@ PlanFn = Callable[[nn.Module, Any], list[str]]
 InjectFn = Callable[[nn.Module, Any, str, list[str]], list["AdapterLayer"]]
 
 
+#: build_input(model, config) -> the InputAdapter of a method that acts on the inputs (prompt, prefix)
+InputFn = Callable[[nn.Module, Any], "InputAdapter"]
+
+
 @dataclass(frozen=True)
 class MethodSpec:
+    """How the core drives one method: ``plan`` picks modules (never mutating), ``inject`` places layers;
+    a method acting on the model's inputs instead gives ``build_input`` (and a plan that returns [])."""
+
     peft_type: str
     config_cls: type[AdapterConfig]
     plan: PlanFn
     inject: InjectFn
+    build_input: InputFn | None = None
 
 
 _BY_TYPE: dict[str, MethodSpec] = {}

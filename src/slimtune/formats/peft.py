@@ -65,7 +65,9 @@ def save_adapter(
         body = config.to_peft_dict(model.model, model.paths[name])
         body.update(base_model_name_or_path=base_model_id(model.model), task_type=task_type(model.model),
                     inference_mode=True, revision=None)
-        tensors = {PREFIX + key: value for key, value in model.adapter_state_dict(name).items()}
+        inputs = model.input_state_keys(name)  # prompt-learning tensors carry no module prefix in PEFT
+        tensors = {(key if key in inputs else PREFIX + key): value
+                   for key, value in model.adapter_state_dict(name).items()}
         write_tensors(out / WEIGHTS_NAME, tensors, metadata={"format": "pt"})
         write_json(out / LINEAGE_NAME, _lineage(model, name, lineage))
         write_json(out / CONFIG_NAME, body)  # last: a folder with a config is a complete adapter
