@@ -68,11 +68,12 @@ def output_of(model: nn.Module, inputs: dict[str, torch.Tensor], **kw: object) -
 
 
 def randomize_adapters(model: nn.Module, seed: int = 3, std: float = 0.05) -> None:
-    """Give every trainable adapter tensor random non-zero values, so adapters change outputs."""
+    """Move every trainable adapter tensor by random non-zero noise (zero-initialised ones become non-zero,
+    IA3's ones and DoRA's magnitudes move off their start), so adapters change outputs."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.trainable_parameters():  # type: ignore[operator]
-            p.copy_(torch.randn(p.shape, generator=g) * std + (std if p.ndim == 1 else 0.0))
+            p.add_(torch.randn(p.shape, generator=g) * std + std / 2)
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -24,7 +24,13 @@ from slimtune.errors import (
     UnsafeFormatError,
 )
 from slimtune.formats.peft import load_adapter, save_adapter
-from slimtune.methods import LoraConfig
+from slimtune.methods import (
+    BitFitConfig,
+    BottleneckConfig,
+    IA3Config,
+    LoraConfig,
+    SelectiveConfig,
+)
 
 __all__ = [
     "AdaptedModel",
@@ -32,14 +38,18 @@ __all__ = [
     "AdapterLayer",
     "AdapterNameError",
     "AdapterStateError",
+    "BitFitConfig",
+    "BottleneckConfig",
     "ConfigError",
     "CorruptFileError",
     "FingerprintMismatchError",
+    "IA3Config",
     "KeyMismatchError",
     "LoadError",
     "LoraConfig",
     "MergeError",
     "ParameterReport",
+    "SelectiveConfig",
     "SlimtuneError",
     "TargetError",
     "UnknownMethodError",

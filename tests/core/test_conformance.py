@@ -18,7 +18,11 @@ F32 = TOL[torch.float32]
 class Case:
     id: str
     kind: str
-    config: st.LoraConfig
+    config: st.AdapterConfig
+    mergeable: bool = True
+    exact_io: bool = True  # PiSSA/OLoRA save as a rank-2r plain LoRA: same function, other rounding
+    stackable: bool = True  # full copies of one module cannot be active twice
+    mixed: bool = True
 
 
 CASES = [
@@ -32,6 +36,22 @@ CASES = [
     Case("bert-bias-lora-only", "bert", st.LoraConfig(r=4, targets=("query", "value"), bias="lora_only")),
     Case("bert-bias-all-dropout", "bert", st.LoraConfig(r=4, targets=("query", "key"), bias="all", dropout=0.1)),
     Case("gpt2-conv1d", "gpt2", st.LoraConfig(r=4, targets=("c_attn", "c_proj", "c_fc"))),
+    Case("llama-dora", "llama", st.LoraConfig(r=4, targets=("q_proj", "v_proj", "down_proj"), use_dora=True)),
+    Case("gpt2-dora", "gpt2", st.LoraConfig(r=4, targets=("c_attn", "c_fc"), use_dora=True)),
+    Case("llama-pissa", "llama", st.LoraConfig(r=4, targets=("q_proj", "o_proj"), init="pissa"), exact_io=False),
+    Case("llama-olora", "llama", st.LoraConfig(r=4, targets=("k_proj", "up_proj"), init="olora"), exact_io=False),
+    Case("llama-ia3", "llama", st.IA3Config()),
+    Case("bert-ia3", "bert", st.IA3Config()),
+    Case("gpt2-ia3", "gpt2", st.IA3Config()),
+    Case("bert-bitfit", "bert", st.BitFitConfig()),
+    Case("gpt2-bitfit", "gpt2", st.BitFitConfig(exclude=("ln_f",))),
+    Case("llama-houlsby", "llama", st.BottleneckConfig(kind="houlsby", reduction_factor=4), mergeable=False),
+    Case("bert-pfeiffer", "bert", st.BottleneckConfig(reduction_factor=8, nonlinearity="gelu"), mergeable=False),
+    Case("gpt2-houlsby", "gpt2", st.BottleneckConfig(kind="houlsby", nonlinearity="swish"), mergeable=False),
+    Case("bert-lora-modules-to-save", "bert", st.LoraConfig(r=4, targets=("query", "value"),
+                                                            modules_to_save=("classifier",)), stackable=False),
+    Case("llama-selective", "llama", st.SelectiveConfig(targets=("lm_head",), last_k=1), stackable=False,
+         mixed=False),
 ]
 
 
@@ -54,7 +74,9 @@ def test_fresh_adapter_is_an_exact_no_op(case: Case) -> None:
     inputs = model_inputs(case.kind)
     before = output_of(base, inputs)
     model = st.adapt(base, case.config)
-    torch.testing.assert_close(output_of(model, inputs), before, atol=0, rtol=0)
+    # PiSSA/OLoRA start at B0 A0 - B0 A0: zero in exact arithmetic, rounding in float
+    tol = {"atol": 0, "rtol": 0} if case.exact_io else F32
+    torch.testing.assert_close(output_of(model, inputs), before, **tol)
 
 
 def test_adapter_changes_output_and_disable_restores_base(case: Case) -> None:
@@ -62,7 +84,7 @@ def test_adapter_changes_output_and_disable_restores_base(case: Case) -> None:
     inputs = model_inputs(case.kind)
     base_out = output_of(reference, inputs)
     out = output_of(model, inputs)
-    assert (out - base_out).abs().max() > 1e-3
+    assert (out - base_out).abs().max() > 1e-3 * base_out.abs().max()  # far above float noise
     with model.disabled():
         torch.testing.assert_close(output_of(model, inputs), base_out, atol=0, rtol=0)
     torch.testing.assert_close(output_of(model, inputs), out, atol=0, rtol=0)
@@ -72,6 +94,12 @@ def test_merged_equals_unmerged_equals_unloaded(case: Case) -> None:
     model, _ = _adapted(case)
     inputs = model_inputs(case.kind)
     unmerged = output_of(model, inputs)
+    if not case.mergeable:
+        before = snapshot(model)
+        with pytest.raises(st.MergeError, match="cannot be merged"):
+            model.merge()
+        assert all(torch.equal(v, snapshot(model)[k]) for k, v in before.items())
+        return
     model.merge()
     merged = output_of(model, inputs)
     model.merge()  # idempotent
@@ -91,13 +119,16 @@ def test_save_load_round_trip_is_exact(case: Case, tmp_path) -> None:
     expected = output_of(model, inputs)
     model.save_adapter(tmp_path)
     loaded = st.load_adapter(copy.deepcopy(reference), tmp_path)
-    torch.testing.assert_close(output_of(loaded, inputs), expected, atol=0, rtol=0)
+    tol = {"atol": 0, "rtol": 0} if case.exact_io else F32
+    torch.testing.assert_close(output_of(loaded, inputs), expected, **tol)
     for key, value in model.adapter_state_dict("default").items():
         torch.testing.assert_close(loaded.adapter_state_dict("default")[key], value, atol=0, rtol=0)
     assert loaded.trainable_parameters() == []
 
 
 def test_switching_and_stacking_adapters(case: Case) -> None:
+    if not case.stackable:
+        pytest.skip("two full copies of one module cannot be active together (tested in test_methods)")
     model, reference = _adapted(case, seed=3)
     other = st.adapt(copy.deepcopy(reference), case.config)
     randomize_adapters(other, seed=4)
@@ -110,9 +141,10 @@ def test_switching_and_stacking_adapters(case: Case) -> None:
     model.set_active(["default", "b"])
     both = output_of(model, inputs)
     assert (both - out_a).abs().max() > 1e-4
-    model.merge()
-    torch.testing.assert_close(output_of(model, inputs), both, **F32)
-    model.unmerge()
+    if case.mergeable:
+        model.merge()
+        torch.testing.assert_close(output_of(model, inputs), both, **F32)
+        model.unmerge()
     model.delete_adapter("b")
     assert model.active_adapters == ("default",)
     # unmerge subtracts what merge added, so the base weights may differ from the originals by rounding
@@ -120,6 +152,8 @@ def test_switching_and_stacking_adapters(case: Case) -> None:
 
 
 def test_mixed_batch_rows_equal_single_adapter_outputs(case: Case) -> None:
+    if not case.mixed:
+        pytest.skip("whole blocks take batch-wide arguments; mixed rows are refused for them")
     model, reference = _adapted(case, seed=3)
     other = st.adapt(copy.deepcopy(reference), case.config)
     randomize_adapters(other, seed=5)

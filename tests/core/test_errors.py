@@ -170,8 +170,14 @@ def test_unknown_peft_type_and_bad_json(saved: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(st.CorruptFileError, match="not valid JSON"):
         st.load_adapter(model, saved)
-    path.write_text(json.dumps({**config, "use_dora": True}))
-    with pytest.raises(st.ConfigError, match="use_dora"):
+    path.write_text(json.dumps({**config, "lora_bias": True}))
+    with pytest.raises(st.ConfigError, match="lora_bias"):
+        st.load_adapter(model, saved)
+    path.write_text(json.dumps({**config, "use_dora": True}))  # DoRA config without DoRA tensors
+    with pytest.raises(st.KeyMismatchError, match="lora_magnitude_vector"):
+        st.load_adapter(model, saved)
+    path.write_text(json.dumps({**config, "init_lora_weights": "pissa"}))
+    with pytest.raises(st.ConfigError, match="path_initial_model_for_weight_conversion"):
         st.load_adapter(model, saved)
     _assert_unchanged(model, structure, state, out)
 

@@ -45,13 +45,18 @@ class AdapterLayer(nn.Module):
         """The trainable tensors of one adapter, keyed as PEFT writes them relative to this module."""
         raise NotImplementedError
 
-    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """The additive contribution of adapter ``name`` to this layer's output for input ``x``."""
+    def delta(self, name: str, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """The additive contribution of adapter ``name`` for input ``x``; ``base`` is the base layer's output."""
         raise NotImplementedError
 
     def delta_weight(self, name: str) -> dict[str, torch.Tensor]:
         """What merging adds to the base module's tensors, keyed by base tensor name ("weight", "bias")."""
         raise NotImplementedError
+
+    def unmerge_delta(self, name: str) -> dict[str, torch.Tensor]:
+        """What unmerging subtracts, computed from the merged weights; the same as ``delta_weight`` for
+        methods whose update does not depend on the base weight (LoRA), overridden by those that do."""
+        return self.delta_weight(name)
 
     def export_state(self, name: str) -> dict[str, torch.Tensor]:
         """Tensors to save for one adapter (PEFT-relative keys); defaults to the parameters as they are."""
@@ -74,9 +79,10 @@ class AdapterLayer(nn.Module):
             return y
         if self.row_adapters is not None:
             return self._mixed_forward(x, y)
+        base = y
         for name in self.active:
             if name not in self.merged:
-                y = y + self.delta(name, x)
+                y = y + self.delta(name, x, base).to(y.dtype)
         return y
 
     def _mixed_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -89,7 +95,8 @@ class AdapterLayer(nn.Module):
         own = set(self.adapter_names())
         for name in dict.fromkeys(r for r in rows if r is not None and r in own):
             idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
-            y = y.index_add(0, idx, self.delta(name, x.index_select(0, idx)).to(y.dtype))
+            rows_x, rows_y = x.index_select(0, idx), y.index_select(0, idx)
+            y = y.index_add(0, idx, self.delta(name, rows_x, rows_y).to(y.dtype))
         return y
 
     def base_tensors(self) -> dict[str, torch.Tensor]:
@@ -124,7 +131,7 @@ class AdapterLayer(nn.Module):
         with torch.no_grad():
             while self.merged:
                 name = self.merged.pop()
-                for key, delta in self.delta_weight(name).items():
+                for key, delta in self.unmerge_delta(name).items():
                     tensors[key].sub_(delta.to(tensors[key].dtype))
 
     def all_parameters(self, names: Iterable[str]) -> list[torch.Tensor]:

@@ -20,6 +20,7 @@ from slimtune.core.layer import AdapterLayer, InputAdapter
 from slimtune.core.plugin import AdapterConfig, spec_for_config
 from slimtune.core.report import ParameterReport, build_report
 from slimtune.core.state import check_keys
+from slimtune.core.targets import replace_module
 from slimtune.errors import AdapterNameError, AdapterStateError, ConfigError, MergeError
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class AdaptedModel(nn.Module):
             if name in layer.adapter_names():
                 layer.remove(name)
             if not layer.adapter_names():
-                _replace(self.model, path, layer.base_layer)
+                replace_module(self.model, path, layer.base_layer)
 
     def set_active(self, names: str | Sequence[str]) -> None:
         """Make these adapters the active set; several active adapters add their deltas."""
@@ -276,7 +277,7 @@ class AdaptedModel(nn.Module):
         """Merge (default: the active adapters), remove every slimtune layer, return the plain base model."""
         self.merge(names)
         for path, layer in reversed(self.adapter_layers()):
-            _replace(self.model, path, layer.base_layer)
+            replace_module(self.model, path, layer.base_layer)
         self._unloaded = True
         return self.model
 
@@ -319,12 +320,6 @@ class AdaptedModel(nn.Module):
         from slimtune.formats.peft import save_adapter
 
         return save_adapter(self, directory, names)
-
-
-def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, child = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, child, new)
 
 
 def adapt(model: nn.Module, config: AdapterConfig, name: str = "default") -> AdaptedModel:

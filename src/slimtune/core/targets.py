@@ -131,3 +131,10 @@ def _nothing_matched(
 
 def leaf_names(paths: Iterable[str]) -> list[str]:
     return sorted({p.split(".")[-1] for p in paths})
+
+
+def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` where ``path`` is in the module tree (the injection step of every method)."""
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, new)

@@ -70,7 +70,7 @@ class BiasLayer(AdapterLayer):
     def adapter_parameters(self, name: str) -> dict[str, torch.Tensor]:
         return {"bias": self.bias_offsets.values[name]}
 
-    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    def delta(self, name: str, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         return self.bias_offsets.offset(name)
 
     def _mixed_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
