@@ -322,19 +322,39 @@ class AdaptedModel(nn.Module):
         return save_adapter(self, directory, names)
 
 
-def adapt(model: nn.Module, config: AdapterConfig, name: str = "default") -> AdaptedModel:
-    """Inject adapter ``name`` into ``model`` (in place, no copy), make it active and trainable."""
-    if isinstance(model, AdaptedModel):
-        model.add_adapter(name, config, trainable=True)
-        model.set_active((*model.active_adapters, name))
-        return model
-    flags = [p.requires_grad for p in model.parameters()]
-    adapted = AdaptedModel(model)
+def adapt(model: nn.Module, config: AdapterConfig | Sequence[AdapterConfig], name: str = "default") -> AdaptedModel:
+    """Inject adapter ``name`` into ``model`` (in place, no copy), make it active and trainable.
+
+    A list of configs combines methods (e.g. LoRA on attention plus BitFit): the first is adapter ``name``,
+    the others ``name_<peft type>`` (e.g. ``default_bitfit``); all are active and trainable together.
+    """
+    configs: list[AdapterConfig] = list(config) if isinstance(config, list | tuple) else [config]  # type: ignore[list-item]
+    if not configs:
+        raise ConfigError("adapt() got an empty list of configs")
+    names = _combination_names(name, configs)
+    flags = None if isinstance(model, AdaptedModel) else [p.requires_grad for p in model.parameters()]
+    adapted = model if isinstance(model, AdaptedModel) else AdaptedModel(model)
+    done: list[str] = []
     try:
-        adapted.add_adapter(name, config, trainable=True)
+        for adapter_name, cfg in zip(names, configs, strict=True):
+            adapted.add_adapter(adapter_name, cfg, trainable=True)
+            done.append(adapter_name)
     except Exception:
-        for p, flag in zip(model.parameters(), flags, strict=True):  # leave the caller's model as it was
-            p.requires_grad_(flag)
+        for adapter_name in reversed(done):  # leave the caller's model as it was
+            adapted.delete_adapter(adapter_name)
+        if flags is not None:
+            for p, flag in zip(model.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
         raise
-    adapted.set_active(name)
+    adapted.set_active((*adapted.active_adapters, *names) if adapted is model else names)
     return adapted
+
+
+def _combination_names(name: str, configs: list[AdapterConfig]) -> list[str]:
+    names = [name]
+    for cfg in configs[1:]:
+        candidate = f"{name}_{cfg.peft_type.lower()}"
+        while candidate in names:
+            candidate += "_"
+        names.append(candidate)
+    return names

@@ -173,8 +173,19 @@ def _weights_path(directory: Path) -> Path:
     raise LoadError(f"{directory} has no {WEIGHTS_NAME}")
 
 
+# key spellings that other PEFT versions wrote for the same tensor
+_KEY_ALIASES = ((".lora_magnitude_vector.weight", ".lora_magnitude_vector"),)
+
+
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in state.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        key = key.removeprefix(PREFIX)
+        for old, new in _KEY_ALIASES:
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+        out[key] = value
+    return out
 
 
 def _drop_saved_base_weights(adapted: AdaptedModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -157,7 +157,8 @@ class LoraLinear(_LoraBase):
         params = {"lora_A.weight": _linear(self.lora_A, name).weight,
                   "lora_B.weight": _linear(self.lora_B, name).weight}
         if name in self.lora_magnitude_vector:
-            params["lora_magnitude_vector.weight"] = cast(Magnitude, self.lora_magnitude_vector[name]).weight
+            # PEFT 0.21 writes the magnitude without ".weight" (older versions with it; the loader takes both)
+            params["lora_magnitude_vector"] = cast(Magnitude, self.lora_magnitude_vector[name]).weight
         return {**params, **self._bias_params(name)}
 
     def _lora_weight(self, name: str) -> torch.Tensor:
