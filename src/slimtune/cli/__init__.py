@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="training steps (default 60)")
     demo.add_argument("--quick", action="store_true", help="a tiny run that checks everything works")
     demo.set_defaults(func=_demo)
+    from slimtune.cli.commands import add_parsers
+
+    add_parsers(sub)
     return parser
 
 

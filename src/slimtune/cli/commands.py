@@ -1,0 +1,200 @@
+"""The verbs of the `slimtune` command: each parses nothing, calls the library, and prints the result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markdown import Markdown
+
+from slimtune.errors import ConfigError
+
+console = Console()
+
+
+def train(args: argparse.Namespace) -> int:
+    from slimtune.train.recipe import load_recipe
+    from slimtune.train.run import run_recipe
+
+    recipe = load_recipe(args.recipe, list(args.overrides))
+    result = run_recipe(recipe, run_dir=args.out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        losses = [x for x in result.losses if x is not None]
+        console.print(f"trained {result.steps} steps ({result.stopped_reason}); loss {losses[0]:.4f} -> "
+                      f"{losses[-1]:.4f}" if losses else f"trained {result.steps} steps ({result.stopped_reason})")
+        console.print(f"adapter: {result.adapter_dir}")
+    return 0
+
+
+def data_scan(args: argparse.Namespace) -> int:
+    from slimtune.governance import load_policy, scan_dataset
+
+    policy = load_policy(args.policy) if args.policy else None
+    against: dict[str, list[str]] = {Path(p).stem: [p] for p in args.against}
+    report = scan_dataset(args.paths, against, policy, licences=args.licence, base_model_licence=args.base_licence,
+                          poisoning=not args.no_poisoning)
+    out = Path(args.json) if args.json else Path("data_scan.json")
+    report.write_json(out)
+    console.print(Markdown(report.to_markdown()))
+    console.print(f"JSON report: {out}")
+    decision = getattr(report, "decision", None)
+    return 1 if decision is not None and not decision.allowed else 0
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from slimtune.registry import Registry
+    from slimtune.registry.uri import open_registry
+
+    root = args.registry or os.environ.get("SLIMTUNE_REGISTRY")
+    if not root:
+        raise ConfigError("no registry given: pass --registry DIR or set SLIMTUNE_REGISTRY")
+    if args.action == "add" and not Path(root, "registry.db").exists():
+        return Registry(Path(root), actor=args.actor)
+    return open_registry(root, actor=args.actor)
+
+
+def registry(args: argparse.Namespace) -> int:
+    from slimtune.registry import render
+
+    reg = _registry(args)
+    action = args.action
+    if action == "add":
+        ref = reg.add(Path(args.source), args.name)
+        console.print(f"added {ref}")
+    elif action == "list":
+        console.print(Markdown(render.render_versions(reg.list(args.name))))
+    elif action == "show":
+        console.print(Markdown(render.render_version(reg.show(args.ref))))
+    elif action == "history":
+        console.print(Markdown(render.render_history(reg.history(args.name))))
+    elif action == "diff":
+        console.print(Markdown(render.render_diff(reg.diff(args.ref_a, args.ref_b))))
+    elif action == "verify":
+        report = reg.verify()
+        console.print(Markdown(render.render_verify(report)))
+        return 0 if report.ok else 1
+    elif action == "gc":
+        console.print(Markdown(render.render_gc(reg.gc(dry_run=args.dry_run))))
+    elif action == "promote":
+        _promote(reg, args)
+    elif action == "rollback":
+        reg.rollback(args.name, args.alias, reason=args.reason)
+        console.print(f"{args.name}@{args.alias} now points at {reg.show(f'{args.name}@{args.alias}').version}")
+    elif action == "delete":
+        reg.delete(args.ref, reason=args.reason)
+        console.print(f"deleted {args.ref}")
+    return 0
+
+
+def _promote(reg: Any, args: argparse.Namespace) -> None:
+    from slimtune.registry import render
+    from slimtune.registry.policy import PromotionPolicy
+
+    if args.force and not args.reason:
+        raise ConfigError("--force needs --reason: a forced promotion is logged with why")
+    policy = PromotionPolicy(tolerance_abs=args.tolerance, tolerance_rel=args.tolerance_rel)
+    result = reg.promote(args.ref, to=args.to, policy=policy, force_reason=args.reason if args.force else None)
+    console.print(Markdown(render.render_promotion(result)))
+
+
+def merge(args: argparse.Namespace) -> int:
+    import torch
+
+    import slimtune as st
+    from slimtune.embedded.resolve import base_spec_for, load_base, num_labels_of
+    from slimtune.formats.export import save_merged
+
+    adapter = Path(args.adapter)
+    model, tokenizer = load_base(base_spec_for(adapter, args.base), num_labels_of(adapter))
+    adapted = st.load_adapter(model, adapter)
+    ids = torch.randint(0, int(model.config.vocab_size), (2, 16), generator=torch.Generator().manual_seed(0))
+    report = save_merged(adapted, tokenizer, Path(args.out), ids)
+    console.print(f"merged model (transformers layout, safetensors): {report.out_dir}  "
+                  f"({report.size_bytes / 2**20:.1f} MiB; max |merged - unmerged| = {report.max_abs_diff:.2e})")
+    return 0
+
+
+def export_onnx(args: argparse.Namespace) -> int:
+    import slimtune as st
+    from slimtune.embedded.resolve import base_spec_for, load_base, num_labels_of
+    from slimtune.formats.export import export_onnx as do_export
+
+    adapter = Path(args.adapter)
+    model, _ = load_base(base_spec_for(adapter, args.base), num_labels_of(adapter))
+    merged = st.load_adapter(model, adapter).merge_and_unload()
+    report = do_export(merged, Path(args.out), int(model.config.vocab_size), quantize=args.int8)
+    console.print_json(json.dumps(report.to_dict()))
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Register every verb but `demo` on the top-level subparsers."""
+    p = sub.add_parser("train", help="fine-tune from a YAML recipe (also under torchrun)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=10")
+    p.add_argument("--out", default=None, help="run folder (default: the recipe's output_dir)")
+    p.set_defaults(func=train)
+
+    d = sub.add_parser("data", help="dataset governance").add_subparsers(dest="data_cmd", required=True)
+    s = d.add_parser("scan", help="manifest, licence, contamination, PII and poisoning scan")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--against", nargs="*", default=[], help="evaluation files to check for contamination")
+    s.add_argument("--policy", help="governance.yaml with thresholds")
+    s.add_argument("--licence", help="SPDX id of the training data, if known")
+    s.add_argument("--base-licence", help="licence of the base model (e.g. Apache-2.0)")
+    s.add_argument("--json", help="where to write the JSON report (default data_scan.json)")
+    s.add_argument("--no-poisoning", action="store_true", help="skip the in-memory poisoning scan")
+    s.set_defaults(func=data_scan)
+
+    _registry_parsers(sub)
+
+    m = sub.add_parser("merge", help="merge an adapter into its base: a plain transformers model")
+    m.add_argument("adapter")
+    m.add_argument("--out", required=True)
+    m.add_argument("--base", help="builtin:smollm2, builtin:minilm or a local model folder (default: lineage)")
+    m.set_defaults(func=merge)
+
+    e = sub.add_parser("export", help="export a merged adapter").add_subparsers(dest="format", required=True)
+    o = e.add_parser("onnx", help="ONNX (optionally int8), checked with onnxruntime")
+    o.add_argument("adapter")
+    o.add_argument("--out", required=True)
+    o.add_argument("--base")
+    o.add_argument("--int8", action="store_true", help="also write a dynamically int8-quantised copy")
+    o.set_defaults(func=export_onnx)
+
+
+def _registry_parsers(sub: Any) -> None:
+    r = sub.add_parser("registry", help="versioned adapter registry")
+    r.add_argument("--registry", help="registry folder (default: $SLIMTUNE_REGISTRY)")
+    r.add_argument("--actor", help="who is acting, for the audit log (default: the user)")
+    rs = r.add_subparsers(dest="action", required=True)
+    a = rs.add_parser("add")
+    a.add_argument("source", help="a run folder or an adapter folder")
+    a.add_argument("--name", required=True)
+    rs.add_parser("list").add_argument("name", nargs="?")
+    rs.add_parser("show").add_argument("ref", help="NAME, NAME:VERSION or NAME@ALIAS")
+    rs.add_parser("history").add_argument("name")
+    df = rs.add_parser("diff")
+    df.add_argument("ref_a")
+    df.add_argument("ref_b")
+    rs.add_parser("verify")
+    rs.add_parser("gc").add_argument("--dry-run", action="store_true")
+    pr = rs.add_parser("promote")
+    pr.add_argument("ref")
+    pr.add_argument("--to", required=True, help="alias, e.g. staging or production")
+    pr.add_argument("--tolerance", type=float, default=0.0, help="allowed absolute regression per metric")
+    pr.add_argument("--tolerance-rel", type=float, default=0.0, help="allowed relative regression per metric")
+    pr.add_argument("--force", action="store_true", help="skip the gate (needs --reason, which is logged)")
+    pr.add_argument("--reason")
+    rb = rs.add_parser("rollback")
+    rb.add_argument("name")
+    rb.add_argument("--alias", required=True)
+    rb.add_argument("--reason")
+    de = rs.add_parser("delete")
+    de.add_argument("ref")
+    de.add_argument("--reason")
+    r.set_defaults(func=registry)
