@@ -29,6 +29,8 @@ from slimtune.methods import (
     BottleneckConfig,
     IA3Config,
     LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
     SelectiveConfig,
 )
 
@@ -49,6 +51,8 @@ __all__ = [
     "LoraConfig",
     "MergeError",
     "ParameterReport",
+    "PrefixTuningConfig",
+    "PromptTuningConfig",
     "SelectiveConfig",
     "SlimtuneError",
     "TargetError",

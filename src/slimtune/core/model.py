@@ -170,7 +170,7 @@ class AdaptedModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def parameter_report(self) -> ParameterReport:
-        return build_report(self.model)
+        return build_report(self)  # self, not self.model: prompt/prefix adapters live beside the model
 
     def _check_known(self, names: Sequence[str] | set[str]) -> None:
         self._check_usable()

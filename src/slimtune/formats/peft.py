@@ -32,7 +32,7 @@ PREFIX = "base_model.model."
 
 # Only task types under which PEFT adds no modules of its own: for SEQ_CLS and friends PEFT would also
 # expect the classifier head in the file (modules_to_save), which a LoRA-only adapter does not carry.
-_TASK_TYPES = (("ForCausalLM", "CAUSAL_LM"), ("ForConditionalGeneration", "SEQ_2_SEQ_LM"))
+_TASK_TYPES = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForConditionalGeneration", "SEQ_2_SEQ_LM"))
 
 
 def task_type(model: nn.Module) -> str | None:
