@@ -52,6 +52,10 @@ class DemoResult:
     answers: list[dict[str, str]] = field(default_factory=list)
     parameters: str = ""
     seconds: float = 0.0
+    scan: dict[str, Any] = field(default_factory=dict)
+    """Governance: contamination of the training pairs against each evaluation set, PII hits, licence."""
+    registry: dict[str, Any] = field(default_factory=dict)
+    """Where the adapter went in the registry, and what production points at."""
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
@@ -66,6 +70,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     trainer = Trainer(model, train_cfg, data["train"], data["collate"], run_dir=config.out_dir,
                       eval_data={"held_out": data["held_out"], "ood_topics": data["ood"]},
                       lineage={"datasets": [data["report"]], "demo": True})
+    scan = _scan(config.out_dir, data["rows"])
     questions = [row["question"] for row in data["samples"]]
     with model.disabled():
         before = _scores(trainer, data)
@@ -77,8 +82,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
     answers = [{"question": q, "reference": r["answer"], "before": b, "after": a}
                for q, r, b, a in zip(questions, data["samples"], answers_before, answers_after, strict=True)]
     adapter_dir = result.adapter_dir or config.out_dir / "adapter"
+    write_json(config.out_dir / "eval.json", {"metrics": after})
+    from slimtune.governance import write_card
+
+    write_card(adapter_dir, after, licence="apache-2.0")
+    registry = _register(config.out_dir, scan)
     demo = DemoResult(config.out_dir, adapter_dir, before, after, list(result.losses), answers,
-                      str(model.parameter_report()), time.perf_counter() - started)
+                      str(model.parameter_report()), time.perf_counter() - started, scan, registry)
     write_json(config.out_dir / "demo_summary.json", _summary_json(demo))
     return demo
 
@@ -92,8 +102,40 @@ def _data(tokenizer: Any, config: DemoConfig) -> dict[str, Any]:
                                     max_rows=config.eval_rows), tokenizer, config.max_length)
     rows, _ = load_and_validate(DataSpec("builtin:chatterbot", split="test", seed=config.seed))
     samples = [{"question": _field(r, "question"), "answer": _field(r, "answer")} for r in rows[: config.samples]]
+    splits = {split: load_and_validate(DataSpec("builtin:chatterbot", split=split, seed=config.seed))[0]
+              for split in ("train", "test", "ood")}
     return {"train": train, "held_out": held_out, "ood": ood, "collate": collator_for(report, tokenizer),
-            "report": report.as_dict(max_listed=10), "samples": samples}
+            "report": report.as_dict(max_listed=10), "samples": samples, "rows": splits}
+
+
+def _scan(out_dir: Path, splits: dict[str, list[Any]]) -> dict[str, Any]:
+    """Export the splits as JSONL (what the scan reads) and check the training pairs against both eval sets."""
+    import json
+
+    from slimtune.formats.safe import atomic_file
+    from slimtune.governance import scan_dataset
+
+    files = {}
+    for split, rows in splits.items():
+        files[split] = out_dir / "data" / f"chatterbot_{split}.jsonl"
+        with atomic_file(files[split], "w") as f:
+            for row in rows:
+                f.write(json.dumps({"question": _field(row, "question"), "answer": _field(row, "answer")}) + "\n")
+    report = scan_dataset([files["train"]], {"held_out": [files["test"]], "ood_topics": [files["ood"]]},
+                          licences="BSD-3-Clause", base_model_licence="Apache-2.0", poisoning=False)
+    report.write_json(out_dir / "data_scan.json")
+    return report.to_dict()
+
+
+def _register(out_dir: Path, scan: dict[str, Any]) -> dict[str, Any]:
+    """Version the run in a registry beside it and promote it to production (the gate checks governance)."""
+    from slimtune.registry import Registry
+
+    registry = Registry(out_dir / "registry", actor="slimtune-demo")
+    ref = registry.add(out_dir, "demo-chat", scans={"data": {"status": "passed"}})
+    registry.promote(f"demo-chat:{ref.version}", to="production")
+    return {"root": str(out_dir / "registry"), "version": ref.version,
+            "production": registry.show("demo-chat@production").version}
 
 
 def _field(row: Any, name: str) -> str:
@@ -124,4 +166,5 @@ def _answers(model: st.AdaptedModel, tokenizer: Any, questions: Sequence[str], m
 
 def _summary_json(demo: DemoResult) -> dict[str, Any]:
     return {"run_dir": str(demo.run_dir), "adapter_dir": str(demo.adapter_dir), "before": demo.before,
-            "after": demo.after, "losses": demo.losses, "answers": demo.answers, "seconds": round(demo.seconds, 1)}
+            "after": demo.after, "losses": demo.losses, "answers": demo.answers, "seconds": round(demo.seconds, 1),
+            "registry": demo.registry}

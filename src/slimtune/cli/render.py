@@ -24,5 +24,16 @@ def render_demo(console: Console, demo: DemoResult) -> None:
     for item in demo.answers:
         console.print(f"[bold]Q:[/] {item['question']}\n  [dim]reference:[/] {item['reference']}\n"
                       f"  [red]before:[/] {item['before']}\n  [green]after:[/]  {item['after']}")
-    console.print(f"\nadapter (PEFT layout): {demo.adapter_dir}\nrun folder: {demo.run_dir} "
-                  f"(metrics.jsonl, checkpoints/, demo_summary.json)\ntook {demo.seconds:.0f} s")
+    _render_scan(console, demo.scan)
+    reg = demo.registry
+    console.print(f"\nadapter (PEFT layout, with README.md card): {demo.adapter_dir}\n"
+                  f"registry: {reg.get('root')} (demo-chat:{reg.get('version')}, production -> "
+                  f"{reg.get('production')})\nrun folder: {demo.run_dir} (metrics.jsonl, checkpoints/, eval.json, "
+                  f"data_scan.json, demo_summary.json)\ntook {demo.seconds:.0f} s")
+
+
+def _render_scan(console: Console, scan: dict) -> None:
+    evals = (scan.get("contamination") or {}).get("evals") or []
+    parts = [f"{item.get('name')}: {item.get('fraction', 0.0):.1%}" for item in evals]
+    if parts:
+        console.print("data scan, evaluation items also in the training pairs: " + ", ".join(parts))
