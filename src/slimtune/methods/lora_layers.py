@@ -4,13 +4,14 @@ PiSSA/OLoRA start that leaves the base weights untouched) and beside an Embeddin
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D  # GPT-2 style: weight stored as (in, out)
 
+from slimtune import kernels
 from slimtune.core import targets as tg
 from slimtune.core.layer import AdapterLayer
 from slimtune.errors import ConfigError
@@ -179,6 +180,46 @@ class LoraLinear(_LoraBase):
         if name in self.bias_offsets:
             out = out + self.bias_offsets.offset(name)
         return out
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        fast = self._fast_forward(x) if not (args or kwargs) and kernels.enabled(x) else None
+        return fast if fast is not None else super().forward(x, *args, **kwargs)
+
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """slimtune.kernels' path for a plain nn.Linear base holding plain LoRA (or, alone, DoRA) adapters of
+        x's dtype; None where the reference path must run (PiSSA/OLoRA, bias offsets, Conv1D, stacked layers)."""
+        base = self.base_layer
+        if self.disabled or type(base) is not nn.Linear or base.weight.dtype != x.dtype:
+            return None
+        if self.row_adapters is not None:
+            names = [n for n in dict.fromkeys(self.row_adapters) if n is not None and n in self.r]
+            if len(self.row_adapters) != x.shape[0] or not all(self._fast_ok(n, dora=False) for n in names):
+                return None
+            return kernels.gathered_lora(x, base.weight, base.bias, [_linear(self.lora_A, n).weight for n in names],
+                                         [_linear(self.lora_B, n).weight for n in names],
+                                         [self.scaling[n] for n in names], names, self.row_adapters)
+        todo = [n for n in self.active if n not in self.merged]
+        if len(todo) != 1 or not self._fast_ok(todo[0], dora=True):
+            return None
+        name = todo[0]
+        a, b = _linear(self.lora_A, name).weight, _linear(self.lora_B, name).weight
+        if name in self.lora_magnitude_vector:
+            m = cast(Magnitude, self.lora_magnitude_vector[name]).weight
+            return kernels.dora_linear(x, base.weight, base.bias, a, b, m, self.scaling[name],
+                                       recompute=kernels.dora_recompute())
+        drop = self.lora_dropout[name]
+        xd = drop(x) if self.training and not isinstance(drop, nn.Identity) else x
+        return kernels.lora_linear(x, base.weight, base.bias, a, b, self.scaling[name], xd=xd)
+
+    def _fast_ok(self, name: str, dora: bool) -> bool:
+        if name in self.init_A or name in self.bias_offsets:
+            return False
+        if name in self.lora_magnitude_vector:  # DoRA with dropout scales W on the dropped-out input
+            return dora and not (self.training and not isinstance(self.lora_dropout[name], nn.Identity))
+        if self.row_adapters is not None and self.training and not isinstance(self.lora_dropout[name], nn.Identity):
+            return False
+        weight = _linear(self.lora_A, name).weight
+        return weight.dtype == _linear(self.lora_B, name).weight.dtype == _weight(self.base_layer).dtype
 
     def _dora(self, name: str, x: torch.Tensor, xd: torch.Tensor, base: torch.Tensor,
               lora_out: torch.Tensor) -> torch.Tensor:

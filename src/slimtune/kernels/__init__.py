@@ -1,0 +1,37 @@
+"""Fast paths for LoRA training and serving, each with a plain-torch reference, chosen at run time.
+
+- ``lora_linear``: the LoRA linear under custom autograd (few kernels, lean saved activations).
+- ``dora_linear``: the same for DoRA, with the row norm computed once per call and no (out, in) temporary.
+- ``linear_cross_entropy`` / ``causal_lm_loss``: the LM head's loss in chunks, never the whole logits.
+- ``gathered_lora``: mixed-adapter batches (one adapter per row) in two products, BGMV/SGMV-style.
+- ``fuse_model``: RMSNorm and the SwiGLU product of Llama-style decoders as one compiled kernel each way.
+
+``config.use_fast(True | False | None)`` or ``SLIMTUNE_KERNELS=auto|fast|reference`` picks the path; ``auto``
+(the default) takes the fast one on CUDA. They are torch ops under custom autograd: measured on an H200, they
+beat the unfused module chain without Triton (see benchmarks/gpu_lora.py).
+"""
+
+from slimtune.kernels.config import dora_recompute, enabled, fast_paths, mode, set_dora_recompute, use_fast
+from slimtune.kernels.fusions import fuse_model, unfuse_model
+from slimtune.kernels.gathered import gathered_lora, row_scales
+from slimtune.kernels.lora import dora_linear, dora_norm, lora_linear
+from slimtune.kernels.loss import causal_lm_loss, linear_cross_entropy, linear_cross_entropy_reference
+
+__all__ = [
+    "causal_lm_loss",
+    "dora_linear",
+    "dora_norm",
+    "dora_recompute",
+    "enabled",
+    "fast_paths",
+    "fuse_model",
+    "gathered_lora",
+    "linear_cross_entropy",
+    "linear_cross_entropy_reference",
+    "lora_linear",
+    "mode",
+    "row_scales",
+    "set_dora_recompute",
+    "unfuse_model",
+    "use_fast",
+]

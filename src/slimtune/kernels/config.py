@@ -1,0 +1,76 @@
+"""Run-time choice between the fast paths and their plain-torch references.
+
+The mode comes from ``use_fast(True | False | None)`` when it was called, else from the environment variable
+``SLIMTUNE_KERNELS`` (``auto``, ``fast`` or ``reference``; default ``auto``). ``auto`` takes the fast path
+for tensors on a CUDA device and the reference elsewhere; ``fast`` takes it everywhere it applies (the fast
+paths are torch ops under custom autograd, so they also run on CPU, which is how CPU tests reach them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+
+from slimtune.errors import ConfigError
+
+Mode = Literal["auto", "fast", "reference"]
+_MODES: tuple[Mode, ...] = ("auto", "fast", "reference")
+_forced: Mode | None = None
+
+
+def mode() -> Mode:
+    """The mode in force: the one set by ``use_fast``, else ``SLIMTUNE_KERNELS``, else ``auto``."""
+    if _forced is not None:
+        return _forced
+    value = os.environ.get("SLIMTUNE_KERNELS", "auto").strip().lower() or "auto"
+    if value not in _MODES:
+        raise ConfigError(f"SLIMTUNE_KERNELS must be one of {list(_MODES)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def use_fast(flag: bool | None) -> None:
+    """Force the fast paths on (True), off (False), or go back to the environment / auto choice (None)."""
+    global _forced
+    if flag is not None and not isinstance(flag, bool):
+        raise ConfigError(f"use_fast takes True, False or None, got {flag!r}")
+    _forced = None if flag is None else ("fast" if flag else "reference")
+
+
+@contextlib.contextmanager
+def fast_paths(flag: bool | None) -> Iterator[None]:
+    """``use_fast(flag)`` inside a ``with`` block, restoring the previous choice after it."""
+    global _forced
+    before = _forced
+    use_fast(flag)
+    try:
+        yield
+    finally:
+        _forced = before
+
+
+def enabled(x: torch.Tensor) -> bool:
+    """Whether a fast path should handle an input like ``x`` now."""
+    chosen = mode()
+    if chosen == "reference":
+        return False
+    if torch.is_autocast_enabled(x.device.type):
+        return False  # the fast paths assume one dtype throughout; autocast mixes them
+    return chosen == "fast" or x.is_cuda
+
+
+_dora_recompute = os.environ.get("SLIMTUNE_DORA_RECOMPUTE", "0") not in ("", "0", "false", "False")
+
+
+def dora_recompute() -> bool:
+    """Whether DoRA's fast path redoes the base matmul in backward (less memory) instead of reusing its output."""
+    return _dora_recompute
+
+
+def set_dora_recompute(flag: bool) -> None:
+    """Choose DoRA's trade: True saves (N, out) per layer for one more matmul in backward."""
+    global _dora_recompute
+    _dora_recompute = bool(flag)

@@ -1,0 +1,73 @@
+"""Mixed-adapter batches in the spirit of punica's BGMV/SGMV: every row's own LoRA in two products.
+
+The adapters' A are stacked into one (R, in) matrix and their B into one (out, R), R the sum of ranks. One
+product gives every adapter's ``x A^T`` for every token; a per-row mask that holds each adapter's scaling on
+its own columns and zero elsewhere keeps only the row's own adapter; one more product with the stacked B,
+accumulated onto the base matmul, finishes. Cost is that of a single LoRA of rank R, whatever the number of
+adapters, and the base product runs once over the whole batch (no gather / scatter of rows).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+
+_CACHE_SIZE = 1024
+_stacks: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+_masks: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+
+def _remember(cache: OrderedDict, key: tuple, value: object) -> None:
+    cache[key] = value
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+
+
+def _stack(lora_a: Sequence[torch.Tensor], lora_b: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, in) and (out, R); cached by storage and version when no gradient flows through them (inference
+    tensors, which keep no version, are stacked afresh)."""
+    tensors = (*lora_a, *lora_b)
+    if any(t.is_inference() or (torch.is_grad_enabled() and t.requires_grad) for t in tensors):
+        return torch.cat(list(lora_a), 0), torch.cat(list(lora_b), 1)
+    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+    hit = _stacks.get(key)
+    if hit is None:
+        hit = (torch.cat(list(lora_a), 0), torch.cat(list(lora_b), 1))
+        _remember(_stacks, key, hit)
+    return hit
+
+
+def row_scales(rows: Sequence[str | None], names: Sequence[str], ranks: Sequence[int], scalings: Sequence[float],
+               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(len(rows), R): adapter ``names[i]``'s scaling on its own ``ranks[i]`` columns of the rows it serves."""
+    key = (tuple(rows), tuple(names), tuple(ranks), tuple(scalings), device, dtype)
+    hit = _masks.get(key)
+    if hit is None:
+        table = torch.zeros(len(rows), sum(ranks), dtype=torch.float32)
+        starts = [sum(ranks[:i]) for i in range(len(ranks))]
+        where = {n: i for i, n in enumerate(names)}
+        for row, name in enumerate(rows):
+            i = where.get(name) if name is not None else None
+            if i is not None:
+                table[row, starts[i]:starts[i] + ranks[i]] = scalings[i]
+        hit = table.to(device=device, dtype=dtype)
+        _remember(_masks, key, hit)
+    return hit
+
+
+def gathered_lora(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: Sequence[torch.Tensor],
+                  lora_b: Sequence[torch.Tensor], scalings: Sequence[float], names: Sequence[str],
+                  rows: Sequence[str | None]) -> torch.Tensor:
+    """``x W^T + b`` plus, for batch row i, adapter ``rows[i]``'s ``s (x A^T) B^T`` (None or an unknown name:
+    the base alone). ``x`` is (batch, in) or (batch, T, in); A_k (r_k, in), B_k (out, r_k)."""
+    a_cat, b_cat = _stack(lora_a, lora_b)  # (R, in), (out, R)
+    mask = row_scales(rows, names, [a.shape[0] for a in lora_a], scalings, x.device, x.dtype)  # (batch, R)
+    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+    xa = torch.mm(x2, a_cat.t())  # (N, R)
+    per_row = x2.shape[0] // mask.shape[0]
+    xa = (xa.view(mask.shape[0], per_row, -1) * mask[:, None, :]).view(x2.shape[0], -1)
+    low = torch.mm(xa, b_cat.t()) if bias is None else torch.addmm(bias, xa, b_cat.t())  # (N, out)
+    y = torch.addmm(low, x2, weight.t())
+    return y.view(*x.shape[:-1], y.shape[-1])

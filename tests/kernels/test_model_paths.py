@@ -1,0 +1,174 @@
+"""Whole models through slimtune's layers: the fast paths give the reference path's outputs and gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import slimtune as st
+from slimtune import kernels
+from tests.conftest import randomize_adapters, tiny_llama
+
+FP32 = {"atol": 1e-5, "rtol": 1e-4}
+BF16_REL = 2e-2  # ||fast - ref|| / ||ref|| for bf16 on the GPU
+
+
+def _adapted(cfg: st.LoraConfig, device: str = "cpu", dtype: torch.dtype = torch.float32) -> st.AdaptedModel:
+    model = st.adapt(tiny_llama(), cfg)
+    randomize_adapters(model)  # on the CPU: its noise comes from a CPU generator
+    return model.to(device=device, dtype=dtype)
+
+
+def _loss_and_grads(model: st.AdaptedModel, ids: torch.Tensor, fast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    with kernels.fast_paths(fast):
+        model.zero_grad(set_to_none=True)
+        loss = kernels.causal_lm_loss(model, ids, ids, fast=fast)
+        loss.backward()
+    return loss.detach(), [p.grad.detach().clone() for p in model.trainable_parameters()]
+
+
+def _ids(device: str = "cpu", batch: int = 3, seq: int = 11) -> torch.Tensor:
+    return torch.randint(1, 256, (batch, seq), generator=torch.Generator().manual_seed(5)).to(device)
+
+
+CASES: dict[str, Callable[[], st.LoraConfig]] = {
+    "lora": lambda: st.LoraConfig(r=4, alpha=8),
+    "lora_qv": lambda: st.LoraConfig(r=4, alpha=8, targets=("q_proj", "v_proj")),
+    "dora": lambda: st.LoraConfig(r=4, alpha=8, use_dora=True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("recompute", [False, True])
+def test_training_fast_equals_reference(case: str, recompute: bool) -> None:
+    model = _adapted(CASES[case]()).train()
+    kernels.set_dora_recompute(recompute)
+    try:
+        ref_loss, ref_grads = _loss_and_grads(model, _ids(), fast=False)
+        loss, grads = _loss_and_grads(model, _ids(), fast=True)
+    finally:
+        kernels.set_dora_recompute(False)
+    torch.testing.assert_close(loss, ref_loss, **FP32)
+    assert len(grads) == len(ref_grads) > 0
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want, **FP32)
+
+
+def test_dropout_fast_path_gives_the_same_gradients_for_the_same_mask() -> None:
+    model = _adapted(st.LoraConfig(r=4, alpha=8, dropout=0.3)).train()
+    results = []
+    for fast in (False, True):
+        torch.manual_seed(11)  # one adapter input per layer, dropped in the same order on both paths
+        results.append(_loss_and_grads(model, _ids(), fast=fast))
+    torch.testing.assert_close(results[1][0], results[0][0], **FP32)
+    for got, want in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(got, want, **FP32)
+
+
+def test_inference_single_and_mixed_batches() -> None:
+    model = _adapted(st.LoraConfig(r=4, alpha=8))
+    for name, seed in (("second", 4), ("third", 6)):
+        model.add_adapter(name, st.LoraConfig(r=2 if name == "second" else 6, alpha=8))
+        randomize_adapters(model, seed=seed)
+    model.eval()
+    ids = _ids(batch=5)
+    rows = ["second", None, "default", "third", "second"]
+    with torch.no_grad():
+        with kernels.fast_paths(False):
+            ref_single = model(input_ids=ids).logits
+            ref_mixed = model(input_ids=ids, adapter_names=rows).logits
+        with kernels.fast_paths(True):
+            single = model(input_ids=ids).logits
+            mixed = model(input_ids=ids, adapter_names=rows).logits
+    torch.testing.assert_close(single, ref_single, **FP32)
+    torch.testing.assert_close(mixed, ref_mixed, **FP32)
+
+
+def test_reference_only_layers_still_work_with_fast_on() -> None:
+    model = _adapted(st.LoraConfig(r=4, alpha=8, init="olora"))
+    with torch.no_grad(), kernels.fast_paths(True):
+        fast = model(input_ids=_ids()).logits
+    with torch.no_grad(), kernels.fast_paths(False):
+        ref = model(input_ids=_ids()).logits
+    torch.testing.assert_close(fast, ref, **FP32)
+
+
+def test_causal_lm_loss_equals_model_loss() -> None:
+    model = tiny_llama()
+    ids = _ids()
+    labels = ids.clone()
+    labels[:, :3] = -100
+    with torch.no_grad():
+        torch.testing.assert_close(kernels.causal_lm_loss(model, ids, labels), model(input_ids=ids, labels=labels).loss,
+                                   **FP32)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(CASES))
+def test_gpu_bf16_fast_is_as_close_to_float32_as_the_reference(case: str) -> None:
+    exact = _adapted(CASES[case](), device="cuda").train()
+    model = _adapted(CASES[case](), device="cuda", dtype=torch.bfloat16).train()
+    ids = _ids("cuda", batch=4, seq=64)
+    _, exact_grads = _loss_and_grads(exact, ids, fast=False)
+    ref_loss, ref_grads = _loss_and_grads(model, ids, fast=False)
+    loss, grads = _loss_and_grads(model, ids, fast=True)
+    assert abs(loss.item() - ref_loss.item()) <= BF16_REL * abs(ref_loss.item())
+    for got, ref, want in zip(grads, ref_grads, exact_grads, strict=True):
+        assert _rel(got, want) <= max(2 * _rel(ref, want), BF16_REL)
+
+
+@pytest.mark.gpu
+def test_gpu_mixed_batch_bf16() -> None:
+    model = _adapted(st.LoraConfig(r=4, alpha=8))
+    model.add_adapter("other", st.LoraConfig(r=8, alpha=8))
+    randomize_adapters(model, seed=8)
+    model = model.to(device="cuda", dtype=torch.bfloat16).eval()
+    ids = _ids("cuda", batch=4, seq=64)
+    rows = ["other", "default", None, "other"]
+    with torch.no_grad():
+        with kernels.fast_paths(False):
+            ref = model(input_ids=ids, adapter_names=rows).logits
+        with kernels.fast_paths(True):
+            got = model(input_ids=ids, adapter_names=rows).logits
+    assert _rel(got, ref) <= BF16_REL
+
+
+def test_module_is_nn_linear_base() -> None:
+    model = _adapted(st.LoraConfig(r=4, alpha=8))
+    layers = [m for _, m in model.adapter_layers()]
+    assert layers and all(type(m.base_layer) is nn.Linear for m in layers)
+
+
+def test_fused_model_blocks_match_unfused() -> None:
+    model = _adapted(st.LoraConfig(r=4, alpha=8)).train()
+    ref_loss, ref_grads = _loss_and_grads(model, _ids(), fast=True)
+    assert kernels.fuse_model(model) == 7  # two layers of 2 norms and an MLP, and the final norm
+    assert kernels.fuse_model(model) == 0  # idempotent
+    loss, grads = _loss_and_grads(model, _ids(), fast=True)
+    assert kernels.unfuse_model(model) == 7
+    torch.testing.assert_close(loss, ref_loss, **FP32)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, **FP32)
+    assert "forward" not in vars(model.model.model.norm)
+
+
+@pytest.mark.gpu
+def test_gpu_fused_blocks_bf16() -> None:
+    model = _adapted(st.LoraConfig(r=4, alpha=8), device="cuda", dtype=torch.bfloat16).train()
+    ids = _ids("cuda", batch=4, seq=64)
+    ref_loss, ref_grads = _loss_and_grads(model, ids, fast=True)
+    kernels.fuse_model(model)
+    loss, grads = _loss_and_grads(model, ids, fast=True)
+    kernels.unfuse_model(model)
+    assert not kernels.fusions.fused_rms_norm.failed and not kernels.fusions.fused_swiglu.failed
+    assert abs(loss.item() - ref_loss.item()) <= BF16_REL * abs(ref_loss.item())
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert _rel(got, want) <= BF16_REL
