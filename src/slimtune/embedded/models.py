@@ -110,7 +110,11 @@ def load_minilm(num_labels: int = 2, dtype: torch.dtype = torch.float32) -> tupl
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = minilm_dir()
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels, dtype=dtype)
+    # the checkpoint has no pooler or classifier weights: initialise them from a fixed seed, so that every load
+    # is the same base model (same fingerprint) and an adapter trained on one load fits the next
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model.config._name_or_path = MINILM_ID
     model.eval()
