@@ -41,6 +41,10 @@ def test_shipped_recipe_runs(recipe: Path, tmp_path: Path) -> None:
     assert [x["step"] for x in lines if "loss" in x][-1] == 2
     lineage = json.loads((run / "adapter" / "slimtune.json").read_text())
     assert lineage["base_fingerprint"] and lineage["base_model"]
+    if recipe.stem.startswith("minilm"):  # `slimtune eval` on a real run: metrics per evaluation set
+        assert main(["eval", str(run), "--no-latency"]) == 0
+        metrics = json.loads((run / "eval.json").read_text())["metrics"]
+        assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
 
 
 def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -101,6 +101,37 @@ def _promote(reg: Any, args: argparse.Namespace) -> None:
     console.print(Markdown(render.render_promotion(result)))
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from slimtune.eval import evaluate_run
+    from slimtune.eval.efficiency import LatencyConfig
+
+    suite = yaml.safe_load(Path(args.suite).read_text()) if args.suite else None
+    prices = yaml.safe_load(Path(args.prices).read_text()) if args.prices else None
+    latency = None if args.no_latency else LatencyConfig()
+    report = evaluate_run(args.run, suite=suite, prices=prices, latency=latency)
+    for name, metrics in report.metrics.items():
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
+        console.print(f"[bold]{name}[/]: {shown}")
+    for kind, path in report.paths.items():
+        console.print(f"{kind}: {path}")
+    return 0
+
+
+def ablate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from slimtune.eval import run_ablation
+
+    recipe = yaml.safe_load(Path(args.recipe).read_text())
+    grid = yaml.safe_load(Path(args.grid).read_text())
+    result = run_ablation(recipe, grid, Path(args.out), workers=args.workers, max_cells=args.max_cells)
+    console.print(f"{len(result.ran)} cells run, {len(result.skipped)} already done, {len(result.failed)} failed, "
+                  f"{len(result.pending)} pending; report: {Path(args.out) / 'ablation.html'}")
+    return 1 if result.failed else 0
+
+
 def merge(args: argparse.Namespace) -> int:
     import torch
 
@@ -151,6 +182,21 @@ def add_parsers(sub: Any) -> None:
     s.set_defaults(func=data_scan)
 
     _registry_parsers(sub)
+
+    ev = sub.add_parser("eval", help="task metrics (ID / OOD / forgetting), efficiency, latency, cost of a run")
+    ev.add_argument("run", help="a run folder or an adapter folder")
+    ev.add_argument("--suite", help="YAML with the evaluation suite (default: the recipe's eval sets)")
+    ev.add_argument("--prices", help="YAML price table: {currency: EUR, prices: {cpu: 0.08, h200: 4.0}}")
+    ev.add_argument("--no-latency", action="store_true", help="skip the latency benchmark")
+    ev.set_defaults(func=evaluate)
+
+    ab = sub.add_parser("ablate", help="a grid of methods / ranks / targets / layers / lrs over seeds")
+    ab.add_argument("recipe")
+    ab.add_argument("--grid", required=True)
+    ab.add_argument("--out", default="runs/ablation")
+    ab.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    ab.add_argument("--max-cells", type=int, default=None, help="run at most this many unfinished cells")
+    ab.set_defaults(func=ablate)
 
     m = sub.add_parser("merge", help="merge an adapter into its base: a plain transformers model")
     m.add_argument("adapter")
