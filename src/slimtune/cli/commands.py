@@ -132,6 +132,28 @@ def ablate(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    from slimtune.serve import ServeConfig
+    from slimtune.serve import serve as run_server
+
+    config = ServeConfig(registry=Path(args.registry) if args.registry else None, base=args.base, host=args.host,
+                         port=args.port, keys_file=Path(args.keys) if args.keys else None,
+                         max_batch=args.max_batch, monitor_dir=Path(args.monitor_dir) if args.monitor_dir else None,
+                         audit_log=Path(args.audit_log) if args.audit_log else None)
+    console.print(f"serving {config.base} on http://{config.host}:{config.port} (OpenAI API under /v1, status /ui)")
+    run_server(config)
+    return 0
+
+
+def monitor_report(args: argparse.Namespace) -> int:
+    from slimtune.serve import drift_report
+
+    body = drift_report(Path(args.monitor_dir), Path(args.out), registry=args.registry)
+    drifted = [k for k, v in (body.get("adapters") or {}).items() if isinstance(v, dict) and v.get("drifted")]
+    console.print(f"drift report: {Path(args.out) / 'drift_report.html'}; drifted: {drifted or 'none'}")
+    return 0
+
+
 def merge(args: argparse.Namespace) -> int:
     import torch
 
@@ -197,6 +219,24 @@ def add_parsers(sub: Any) -> None:
     ab.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ab.add_argument("--max-cells", type=int, default=None, help="run at most this many unfinished cells")
     ab.set_defaults(func=ablate)
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible server: many adapters on one base, monitored")
+    sv.add_argument("--registry", help="registry folder the adapters are resolved in")
+    sv.add_argument("--base", default="builtin:smollm2", help="builtin:smollm2 or a local model folder")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--keys", help="JSON file of hashed API keys (none: no authentication)")
+    sv.add_argument("--max-batch", type=int, default=8)
+    sv.add_argument("--monitor-dir", help="where per-request monitoring features are appended")
+    sv.add_argument("--audit-log", help="JSONL audit log for automatic rollbacks")
+    sv.set_defaults(func=serve)
+
+    mo = sub.add_parser("monitor", help="drift monitoring").add_subparsers(dest="monitor_cmd", required=True)
+    mr = mo.add_parser("report", help="drift per adapter against its reference profile, with plots")
+    mr.add_argument("monitor_dir")
+    mr.add_argument("--out", default="drift_report")
+    mr.add_argument("--registry", help="registry holding the versions' profile.json")
+    mr.set_defaults(func=monitor_report)
 
     m = sub.add_parser("merge", help="merge an adapter into its base: a plain transformers model")
     m.add_argument("adapter")
