@@ -177,9 +177,13 @@ def export_onnx(args: argparse.Namespace) -> int:
     from slimtune.formats.export import export_onnx as do_export
 
     adapter = Path(args.adapter)
-    model, _ = load_base(base_spec_for(adapter, args.base), num_labels_of(adapter))
+    model, tokenizer = load_base(base_spec_for(adapter, args.base), num_labels_of(adapter))
     merged = st.load_adapter(model, adapter).merge_and_unload()
-    report = do_export(merged, Path(args.out), int(model.config.vocab_size), quantize=args.int8)
+    sample = None
+    if tokenizer is not None:  # real text makes the int8 agreement check meaningful
+        text = ["The quick brown fox jumps over the lazy dog while the farmer watches from the old barn door."] * 2
+        sample = tokenizer(text, return_tensors="pt")["input_ids"]
+    report = do_export(merged, Path(args.out), int(model.config.vocab_size), quantize=args.int8, sample_ids=sample)
     console.print_json(json.dumps(report.to_dict()))
     return 0
 

@@ -95,8 +95,10 @@ class OnnxReport:
 
 
 def export_onnx(merged: nn.Module, out_dir: Path, vocab_size: int, quantize: bool = False,
-                seq_len: int = 32, seed: int = 0) -> OnnxReport:
-    """Export the merged model to ONNX, check it with onnxruntime, optionally add an int8 (dynamic) copy."""
+                seq_len: int = 32, seed: int = 0, sample_ids: torch.Tensor | None = None) -> OnnxReport:
+    """Export the merged model to ONNX, check it with onnxruntime, optionally add an int8 (dynamic) copy.
+
+    ``sample_ids`` (B, T) of real text make the int8 agreement meaningful; random ids are used otherwise."""
     import onnxruntime as ort
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,9 +112,10 @@ def export_onnx(merged: nn.Module, out_dir: Path, vocab_size: int, quantize: boo
                           output_names=["logits"], opset_version=18, dynamo=False,
                           dynamic_axes={k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask",
                                                                                    "logits")})
-    check = torch.randint(0, vocab_size, (3, seq_len), generator=g)
+    check = sample_ids if sample_ids is not None else torch.randint(0, vocab_size, (3, seq_len), generator=g)
     check_mask = torch.ones_like(check)
-    check_mask[0, : seq_len // 4] = 0  # a left-padded row
+    if sample_ids is None:
+        check_mask[0, : seq_len // 4] = 0  # a left-padded row
     with torch.no_grad():
         expected = graph(check, check_mask).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -134,7 +137,7 @@ def _add_int8(report: OnnxReport, path: Path, feeds: dict[str, Any], expected: A
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     int8 = path.with_name("model.int8.onnx")
-    quantize_dynamic(str(path), str(int8), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(path), str(int8), weight_type=QuantType.QInt8, per_channel=True)
     session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     got = session.run(None, feeds)[0]
     report.int8_path, report.int8_size_bytes = str(int8), _size(int8)
