@@ -90,3 +90,42 @@ def test_data_scan_flags_planted_contamination(tmp_path: Path) -> None:
     assert code in (0, 1)
     text = json.dumps(report)
     assert "eval" in text and "0.25" in text  # 10 of the 40 evaluation rows are in the training data
+
+
+def test_train_refuses_contaminated_data_unless_overridden(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The governance policy stops `slimtune train` before it starts; an override is recorded with its reason."""
+    import random
+    import textwrap
+
+    from tests.train.test_run import WORDS, _tokenizer
+
+    (tmp_path / "tiny").mkdir()
+    tiny_llama(seed=4).save_pretrained(tmp_path / "tiny")
+    _tokenizer().save_pretrained(tmp_path / "tiny")  # type: ignore[attr-defined]
+    rng = random.Random(0)
+    evals = [{"prompt": " ".join(rng.choices(WORDS, k=14)), "completion": " ".join(rng.choices(WORDS, k=3))}
+             for _ in range(10)]
+    train = [{"prompt": " ".join(rng.choices(WORDS, k=14)), "completion": " ".join(rng.choices(WORDS, k=3))}
+             for _ in range(30)] + evals[:3]  # 30 % of the evaluation set leaked into training
+    for name, rows in (("train", train), ("eval", evals)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "governance.yaml").write_text("max_contamination: 0.01\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(f"""\
+        model: {{name: "{tmp_path / 'tiny'}"}}
+        method: {{type: lora, r: 2, alpha: 4}}
+        data:
+          train: {{path: "{tmp_path / 'train.jsonl'}", schema: prompt_completion}}
+          eval: {{held: {{path: "{tmp_path / 'eval.jsonl'}", schema: prompt_completion}}}}
+          max_length: 32
+        train: {{steps: 1, batch_size: 2}}
+        output_dir: "{tmp_path / 'run'}"
+    """))
+    args = ["train", str(recipe), "--policy", str(tmp_path / "governance.yaml"), "--licence", "MIT"]
+    assert main(args) == 2
+    assert "max_contamination" in capsys.readouterr().out
+    assert not (tmp_path / "run" / "adapter").exists()
+    assert main([*args, "--override-reason", "leak accepted for a smoke test"]) == 0
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    audit = (tmp_path / "run" / "audit.jsonl").read_text()
+    assert "leak accepted for a smoke test" in audit

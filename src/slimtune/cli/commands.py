@@ -21,6 +21,8 @@ def train(args: argparse.Namespace) -> int:
     from slimtune.train.run import run_recipe
 
     recipe = load_recipe(args.recipe, list(args.overrides))
+    if args.policy:
+        _governance_gate(recipe, args)
     result = run_recipe(recipe, run_dir=args.out)
     if int(os.environ.get("RANK", "0")) == 0:
         losses = [x for x in result.losses if x is not None]
@@ -28,6 +30,32 @@ def train(args: argparse.Namespace) -> int:
                       f"{losses[-1]:.4f}" if losses else f"trained {result.steps} steps ({result.stopped_reason})")
         console.print(f"adapter: {result.adapter_dir}")
     return 0
+
+
+def _governance_gate(recipe: Any, args: argparse.Namespace) -> None:
+    """Scan the recipe's local data files against its evaluation files under the policy; a failed rule stops
+    training before it starts (PolicyError), unless --override-reason is given, which the audit log records."""
+    from slimtune.governance import gate
+
+    def local(section: Any) -> list[str]:
+        paths = section.get("path") if isinstance(section, dict) else None
+        paths = [paths] if isinstance(paths, str) else list(paths or [])
+        return [p for p in paths if not str(p).startswith("builtin:")]
+
+    data = recipe.data
+    evals = data.get("eval") or {}
+    sections = {"eval": evals} if isinstance(evals, dict) and "path" in evals else dict(evals)
+    against = {name: local(sec) for name, sec in sections.items() if local(sec)}
+    train_files = local(data.get("train"))
+    if not train_files:
+        raise ConfigError("--policy needs local training files to scan; builtin corpora are scanned by the demo")
+    run_dir = Path(args.out or recipe.output_dir)
+    report = gate(train_files, against, policy=args.policy, audit=run_dir / "audit.jsonl",
+                  override_reason=args.override_reason, subject=str(run_dir), licences=args.licence)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report.write_json(run_dir / "data_scan.json")
+    how = " (overridden, reason recorded)" if args.override_reason else ""
+    console.print(f"governance gate passed{how}: {run_dir / 'data_scan.json'}")
 
 
 def data_scan(args: argparse.Namespace) -> int:
@@ -194,6 +222,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=10")
     p.add_argument("--out", default=None, help="run folder (default: the recipe's output_dir)")
+    p.add_argument("--policy", help="governance.yaml: scan the data first and refuse to train on a failed rule")
+    p.add_argument("--override-reason", help="train despite failed rules; the reason goes into the audit log")
+    p.add_argument("--licence", help="SPDX id of the training data, for the licence check")
     p.set_defaults(func=train)
 
     d = sub.add_parser("data", help="dataset governance").add_subparsers(dest="data_cmd", required=True)
