@@ -13,6 +13,7 @@ from slimtune.errors import TargetError
 
 Targets = str | Sequence[str]
 V = TypeVar("V")
+M = TypeVar("M", bound=nn.Module)
 
 # the first numbered path segment is the block index ("model.layers.3.self_attn.q_proj" -> 3), as in PEFT
 _LAYER_INDEX = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
@@ -138,3 +139,13 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, child, new)
+
+
+def wrapped(model: nn.Module, path: str, layer_cls: type[M], make: Callable[[nn.Module], M]) -> M:
+    """The ``layer_cls`` layer at ``path``: the one already there, or ``make(module)`` put in its place."""
+    module = model.get_submodule(path)
+    if isinstance(module, layer_cls):
+        return module
+    layer = make(module)
+    replace_module(model, path, layer)
+    return layer

@@ -71,11 +71,8 @@ def plan(model: nn.Module, cfg: BitFitConfig) -> list[str]:
 def inject(model: nn.Module, cfg: BitFitConfig, name: str, paths: list[str]) -> list[AdapterLayer]:
     layers: list[AdapterLayer] = []
     for path in paths:
-        module = model.get_submodule(path)
-        layer = module if isinstance(module, BiasLayer) else BiasLayer(module)
+        layer = tg.wrapped(model, path, BiasLayer, BiasLayer)
         layer.add(name)
-        if layer is not module:
-            tg.replace_module(model, path, layer)
         layers.append(layer)
     return layers
 

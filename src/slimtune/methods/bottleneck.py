@@ -137,11 +137,8 @@ def plan(model: nn.Module, cfg: BottleneckConfig) -> list[str]:
 def inject(model: nn.Module, cfg: BottleneckConfig, name: str, paths: list[str]) -> list[AdapterLayer]:
     layers: list[AdapterLayer] = []
     for path in paths:
-        module = model.get_submodule(path)
-        layer = module if isinstance(module, BottleneckLayer) else BottleneckLayer(module)
+        layer = tg.wrapped(model, path, BottleneckLayer, BottleneckLayer)
         layer.add(name, cfg)
-        if layer is not module:
-            tg.replace_module(model, path, layer)
         layers.append(layer)
     return layers
 

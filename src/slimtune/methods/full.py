@@ -91,11 +91,8 @@ def place_copies(model: nn.Module, patterns: Sequence[str], name: str, field: st
     paths = plan_copies(model, patterns, field)
     layers: list[AdapterLayer] = []
     for path in paths:
-        module = model.get_submodule(path)
-        layer = module if isinstance(module, FullCopyLayer) else FullCopyLayer(module)
+        layer = tg.wrapped(model, path, FullCopyLayer, FullCopyLayer)
         layer.add(name)
-        if layer is not module:
-            tg.replace_module(model, path, layer)
         layers.append(layer)
     return layers
 

@@ -4,6 +4,7 @@ Saved with PEFT's keys (``ia3_l``, shape (out, 1) or (1, in))."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -175,12 +176,9 @@ def inject(model: nn.Module, cfg: IA3Config, name: str, paths: list[str]) -> lis
     _, feedforward = cfg.resolved(model)
     layers: list[AdapterLayer] = []
     for path in paths:
-        module = model.get_submodule(path)
         ff = bool(feedforward) and tg.matches(feedforward, path)
-        layer = module if isinstance(module, IA3Layer) else IA3Layer(module, ff)
+        layer = tg.wrapped(model, path, IA3Layer, functools.partial(IA3Layer, feedforward=ff))
         layer.add(name)
-        if layer is not module:
-            tg.replace_module(model, path, layer)
         layers.append(layer)
     if cfg.modules_to_save:
         layers += place_copies(model, cfg.modules_to_save, name, "IA3Config.modules_to_save")

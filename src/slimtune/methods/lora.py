@@ -198,15 +198,12 @@ def plan(model: nn.Module, cfg: LoraConfig) -> list[str]:
 def inject(model: nn.Module, cfg: LoraConfig, name: str, paths: list[str]) -> list[AdapterLayer]:
     layers: list[AdapterLayer] = []
     for path in paths:
-        module = model.get_submodule(path)
-        inner = tg.innermost(module)
-        layer_cls = LoraEmbedding if isinstance(inner, nn.Embedding) else LoraLinear
-        layer = module if isinstance(module, layer_cls) else layer_cls(module)
+        inner = tg.innermost(model.get_submodule(path))
+        layer_cls: type[LoraLinear | LoraEmbedding] = LoraEmbedding if isinstance(inner, nn.Embedding) else LoraLinear
+        layer = tg.wrapped(model, path, layer_cls, layer_cls)
         r = tg.pattern_value(cfg.rank_pattern, path, cfg.r)
         alpha = tg.pattern_value(cfg.alpha_pattern, path, cfg.alpha)
         layer.add(name, cfg, r, alpha, train_bias=cfg.bias != "none" and has_bias(inner))
-        if layer is not module:
-            tg.replace_module(model, path, layer)
         layers.append(layer)
     if cfg.bias == "all":
         layers += _bias_everywhere(model, name, set(paths))
@@ -223,10 +220,8 @@ def _bias_everywhere(model: nn.Module, name: str, done: set[str]) -> list[Adapte
             continue
         if isinstance(module, AdapterLayer) and not isinstance(module, BiasLayer):
             continue
-        layer = module if isinstance(module, BiasLayer) else BiasLayer(module)
+        layer = tg.wrapped(model, path, BiasLayer, BiasLayer)
         layer.add(name)
-        if layer is not module:
-            tg.replace_module(model, path, layer)
         layers.append(layer)
     return layers
 
