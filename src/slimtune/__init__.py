@@ -33,6 +33,7 @@ from slimtune.methods import (
     PromptTuningConfig,
     SelectiveConfig,
 )
+from slimtune.registry import uri as _registry_uri  # noqa: F401  (registers registry:// for load_adapter)
 
 __all__ = [
     "AdaptedModel",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +131,22 @@ def load_adapter(
     return adapted
 
 
+#: scheme -> resolver of "scheme://..." to a verified local adapter folder; higher layers register themselves
+#: (the registry registers "registry"), so this layer never imports them
+URI_RESOLVERS: dict[str, Callable[[str], Path]] = {}
+
+
+def register_uri_scheme(scheme: str, resolver: Callable[[str], Path]) -> None:
+    URI_RESOLVERS[scheme] = resolver
+
+
 def _resolve_source(source: str | Path) -> Path:
     text = str(source)
-    if text.startswith("registry://"):
-        from slimtune.registry.uri import resolve_uri
-
-        path, _ = resolve_uri(text)
-        return Path(path)
+    scheme, sep, _ = text.partition("://")
+    if sep:
+        if scheme not in URI_RESOLVERS:
+            raise LoadError(f"no loader for {scheme}:// adapters; known schemes: {sorted(URI_RESOLVERS) or 'none'}")
+        return URI_RESOLVERS[scheme](text)
     directory = Path(source)
     if directory.is_file():
         if directory.suffix.lower() in PICKLE_SUFFIXES:

@@ -62,3 +62,17 @@ def resolve_uri(
     with open_registry(root, signing_key) as reg:
         path, rec = reg.checkout(spec)
     return path, dict(rec.manifest)
+
+
+def _resolve_folder(uri: str) -> Path:
+    return Path(resolve_uri(uri)[0])
+
+
+def _register_scheme() -> None:
+    """Make ``slimtune.load_adapter(model, "registry://NAME@alias")`` resolve through this registry."""
+    from slimtune.formats.peft import register_uri_scheme
+
+    register_uri_scheme("registry", _resolve_folder)
+
+
+_register_scheme()
