@@ -101,7 +101,7 @@ def classification_recipe(model_dir: Path, data: dict[str, str], steps: int = 4)
 
 
 GRID: dict[str, Any] = {
-    "methods": {"lora": {"type": "lora"}, "bitfit": {"type": "bitfit", "lr": 5e-3},
+    "methods": {"lora": {"type": "lora"}, "bitfit": {"type": "bitfit", "lr": 5e-3, "train": {"steps": 3}},
                 "full": {"type": "full", "lr": 1e-3}},
     "ranks": [2], "targets": ["attention", "all"], "lrs": [5e-3], "seeds": [0, 1], "head": ["classifier"],
     "leave_one_out": {"method": "lora", "targets": True, "layers": ["0"]},

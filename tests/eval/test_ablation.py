@@ -12,7 +12,7 @@ import pytest
 
 from slimtune.errors import ConfigError
 from slimtune.eval.ablate import run_ablation
-from slimtune.eval.grid import expand_grid, resolve_layers, resolve_targets
+from slimtune.eval.grid import Cell, expand_grid, resolve_layers, resolve_targets
 
 from .conftest import FIRST_RUN, GRID, N_CELLS
 
@@ -27,12 +27,19 @@ def test_grid_expansion_counts_pins_and_ablations() -> None:
     assert all(seeds == [0, 1] for seeds in by_group.values())
     bitfit = [c for c in cells if c.method_name == "bitfit"]
     assert {c.lr for c in bitfit} == {5e-3} and all("r" not in c.method for c in bitfit)  # no rank axis on BitFit
+    assert all(c.train == {"steps": 3} and c.group.endswith("_steps3") and "train" not in c.method for c in bitfit)
+    assert all(c.train == {} for c in cells if c.method_name != "bitfit")
+    plain = Cell(**{**bitfit[0].__dict__, "train": {}})
+    assert plain.fingerprint({"model": {}}) != bitfit[0].fingerprint({"model": {}})  # overrides decide results
     ablations = sorted({str(c.axes["ablation"]) for c in cells if "ablation" in c.axes})
     assert ablations == ["drop attention", "drop layers 0", "drop mlp"]
     with pytest.raises(ConfigError, match="duplicate"):
         expand_grid({**GRID, "seeds": [0, 0]})
     with pytest.raises(ConfigError, match="unknown grid key"):
         expand_grid({**GRID, "rank": [4]})
+    for bad in ({"stepz": 3}, {"lr": 1e-3}, {"seed": 1}):
+        with pytest.raises(ConfigError, match=r"methods\.bitfit\.train.*known options: batch_size"):
+            expand_grid({"methods": {"bitfit": {"type": "bitfit", "lr": 1e-3, "train": bad}}})
 
 
 def test_target_groups_split_the_linear_layers(tiny_bert_dir: Path) -> None:
@@ -80,10 +87,20 @@ def test_cells_trained_and_were_measured(ablation: dict[str, Any]) -> None:
         assert 0.0 <= test["accuracy"] <= 1.0 and test["n"] == 48
         assert sum(map(sum, record["extra"]["test"]["confusion_matrix"])) == 48
         assert record["metrics"]["ood"]["n"] == 40 and "test-ood" in record["gaps"]
-        assert len(record["losses"]) == 4 and all(x is not None for x in record["losses"])
+        steps = 3 if record["cell"]["method_name"] == "bitfit" else 4  # bitfit's own train: override
+        assert len(record["losses"]) == steps and all(x is not None for x in record["losses"])
         eff = record["efficiency"]
         assert 0 < eff["trainable_parameters"] <= eff["total_parameters"]
         assert eff["training"]["tokens"] > 0 and eff["flops_estimate"] > 0
+        # the training cost is what the trainer wrote into the cell folder, not measured again
+        folder = ablation["out"] / "cells" / record["cell"]["cell_id"]
+        summary = json.loads((folder / "train_result.json").read_text())
+        assert eff["training"]["source"] == "train_result.json" and summary["steps"] == steps
+        assert eff["training"]["tokens_per_s"] == summary["tokens_per_s"] > 0
+        assert eff["training"]["peak_memory_bytes"] == summary["peak_memory"] > 0
+        saved = folder / ("model" if record["cell"]["method_name"] == "full" else "adapter")
+        assert eff["adapter_bytes"] == sum(p.stat().st_size for p in saved.rglob("*") if p.is_file())
+        assert not (folder / "checkpoints").exists()
     full = [r for r in cells if r["cell"]["method_name"] == "full"]
     lora = [r for r in cells if r["cell"]["method_name"] == "lora"]
     assert full[0]["efficiency"]["trainable_parameters"] == full[0]["efficiency"]["total_parameters"]

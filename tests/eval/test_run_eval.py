@@ -18,26 +18,16 @@ from .conftest import classification_recipe
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
                 tiny_data: dict[str, str]) -> tuple[Path, dict[str, Any]]:
-    import slimtune as st
-    from slimtune.train import Trainer
-    from slimtune.train.recipe import load_model, recipe_from_dict, save_resolved
-    from slimtune.train.run import build_data
+    from slimtune.train.recipe import recipe_from_dict
+    from slimtune.train.run import run_recipe
 
     run = tmp_path_factory.mktemp("run")
     base = classification_recipe(tiny_bert_dir, tiny_data, steps=6)
     raw = {"model": base["model"], "train": {**base["train"], "lr": 1e-2},
            "method": {"type": "lora", "r": 2, "alpha": 4, "modules_to_save": ["classifier"]},
            "data": {**base["data"], "eval": {"test": base["eval"]["sets"]["test"]}}, "output_dir": str(run)}
-    recipe = recipe_from_dict(raw)
-    # run_recipe's steps, but loading a sequence classifier: for a local folder it loads a causal LM and
-    # reloads only when num_labels differs, so a BERT folder with 2 labels would train BertLMHeadModel
-    model, tokenizer = load_model(recipe.model, num_labels=2)
-    data = build_data(recipe.data, tokenizer)
-    adapted = st.adapt(model, recipe.adapter_config())
-    save_resolved(recipe, run)
-    lineage = {"recipe": recipe.to_dict(), "label_map": data.label_map}
-    Trainer(adapted, recipe.train, data.train, data.collate_fn, eval_data=data.eval, run_dir=run,
-            lineage=lineage).fit()
+    run_recipe(recipe_from_dict(raw))  # no eval: section, so nothing is evaluated after training
+    assert not (run / "eval.json").exists()
     return run, base["eval"]
 
 
@@ -56,6 +46,7 @@ def test_evaluate_run_writes_eval_json(trained_run: tuple[Path, dict[str, Any]])
     adapter_files = sum(f.stat().st_size for f in (run / "adapter").rglob("*") if f.is_file())
     assert eff["adapter_bytes"] == adapter_files
     assert eff["training"]["steps"] == 6 and eff["training"]["tokens"] > 0
+    assert eff["training"]["source"] == "train_result.json" and eff["training"]["peak_memory_bytes"] > 0
     assert eff["currency"] == "EUR" and eff["cost"] == pytest.approx(0.5 * eff["training"]["wall_time_s"] / 3600)
     assert eff["flops_estimate"] < eff["flops_full_fine_tune"]
     variants = data["latency"]["variants"]

@@ -28,7 +28,10 @@ def train(args: argparse.Namespace) -> int:
         losses = [x for x in result.losses if x is not None]
         console.print(f"trained {result.steps} steps ({result.stopped_reason}); loss {losses[0]:.4f} -> "
                       f"{losses[-1]:.4f}" if losses else f"trained {result.steps} steps ({result.stopped_reason})")
-        console.print(f"adapter: {result.adapter_dir}")
+        console.print(f"model: {result.model_dir}" if result.model_dir else f"adapter: {result.adapter_dir}")
+        for name, metrics in (result.evaluation or {}).items():
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
+            console.print(f"[bold]{name}[/]: {shown}")
     return 0
 
 
@@ -42,9 +45,14 @@ def _governance_gate(recipe: Any, args: argparse.Namespace) -> None:
         paths = [paths] if isinstance(paths, str) else list(paths or [])
         return [p for p in paths if not str(p).startswith("builtin:")]
 
+    from slimtune.eval.plan import eval_plan
+    from slimtune.train.recipe import data_eval_sets
+
     data = recipe.data
-    evals = data.get("eval") or {}
-    sections = {"eval": evals} if isinstance(evals, dict) and "path" in evals else dict(evals)
+    sections = data_eval_sets(data.get("eval"))
+    if recipe.eval is not None:  # the sets scored after training are checked for contamination too
+        plan = eval_plan(recipe.to_dict(), latency=None, require_sets=False)
+        sections.update({s.name: s.data for s in plan.suite.sets})
     against = {name: local(sec) for name, sec in sections.items() if local(sec)}
     train_files = local(data.get("train"))
     if not train_files:
@@ -133,11 +141,10 @@ def evaluate(args: argparse.Namespace) -> int:
     import yaml
 
     from slimtune.eval import evaluate_run
-    from slimtune.eval.efficiency import LatencyConfig
 
     suite = yaml.safe_load(Path(args.suite).read_text()) if args.suite else None
     prices = yaml.safe_load(Path(args.prices).read_text()) if args.prices else None
-    latency = None if args.no_latency else LatencyConfig()
+    latency = None if args.no_latency else True  # True: the recipe's eval.latency, else the default benchmark
     report = evaluate_run(args.run, suite=suite, prices=prices, latency=latency)
     for name, metrics in report.metrics.items():
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))

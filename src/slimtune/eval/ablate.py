@@ -22,6 +22,7 @@ from slimtune.errors import ConfigError
 from slimtune.eval.cell import ERROR_NAME, RESULT_NAME, run_cell_safely
 from slimtune.eval.efficiency import LatencyConfig, PriceTable
 from slimtune.eval.grid import Cell, expand_grid
+from slimtune.eval.plan import eval_plan
 from slimtune.eval.suites import PRIMARY
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,10 @@ def _latency(grid: dict[str, Any]) -> LatencyConfig | None:
 
 
 def _run_cells(todo: list[tuple[Cell, str]], recipe: dict[str, Any], out_dir: Path, workers: int,
-               latency: LatencyConfig | None, prices: PriceTable, grid_seeds: Sequence[int]) -> list[dict[str, Any]]:
+               latency: LatencyConfig | None, prices: PriceTable | None, grid_seeds: Sequence[int],
+               threads: int | None = None) -> list[dict[str, Any]]:
     """Run cells (in-process for workers <= 1, else in spawned processes); latency on the first seed only."""
-    threads = _threads(workers)
+    threads = threads or _threads(workers)
     jobs = []
     for cell, fingerprint in todo:
         where = cell_dir(out_dir, cell)
@@ -103,15 +105,20 @@ def _run_cells(todo: list[tuple[Cell, str]], recipe: dict[str, Any], out_dir: Pa
 
 def run_ablation(base_recipe: dict[str, Any], grid: dict[str, Any], out_dir: str | Path, workers: int = 1, *,
                  max_cells: int | None = None, prices: PriceTable | dict[str, Any] | None = None,
-                 write_reports: bool = True) -> AblationResult:
+                 write_reports: bool = True, threads: int | None = None) -> AblationResult:
     """Run (or resume) the grid around ``base_recipe`` (a recipe mapping, with an optional ``eval:``
-    section) into ``out_dir``; ``max_cells`` caps how many unfinished cells this call runs."""
+    section, see slimtune.eval.plan) into ``out_dir``; ``max_cells`` caps how many unfinished cells this call
+    runs; ``threads`` is each worker's torch thread count (default: cores / workers). ``prices`` replaces the
+    recipe's eval.prices; what is timed comes from the grid's ``latency`` (none without it)."""
     if not isinstance(base_recipe, dict) or "model" not in base_recipe or "data" not in base_recipe:
         raise ConfigError("base_recipe must be a recipe mapping with model, data and train sections")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
     out = Path(out_dir)
-    table = prices if isinstance(prices, PriceTable) else PriceTable.from_mapping(prices)
+    table = prices if isinstance(prices, PriceTable) or prices is None else PriceTable.from_mapping(prices)
+    eval_plan(base_recipe, latency=None, prices=table)  # a bad eval: section fails here, not in every cell
     cells = expand_grid(grid)
     seeds = sorted({c.seed for c in cells})
     done: dict[str, dict[str, Any]] = {}
@@ -128,7 +135,7 @@ def run_ablation(base_recipe: dict[str, Any], grid: dict[str, Any], out_dir: str
     log.info("ablation: %d cells, %d finished, %d to run, %d left for later", len(cells), len(done), len(todo),
              len(pending))
     out.mkdir(parents=True, exist_ok=True)
-    records = _run_cells(todo, base_recipe, out, workers, _latency(grid), table, seeds)
+    records = _run_cells(todo, base_recipe, out, workers, _latency(grid), table, seeds, threads)
     ran = [r["cell"]["cell_id"] for r in records if r.get("status") == "ok"]
     failed = [r["cell"]["cell_id"] for r in records if r.get("status") != "ok"]
     by_id = {**done, **{r["cell"]["cell_id"]: r for r in records if r.get("status") == "ok"}}

@@ -1,7 +1,9 @@
 """One ablation cell, start to finish, in the current process: load the base model (seeded, so that a fresh
 classification head differs by seed), inject the cell's method (or unfreeze everything for the full
-fine-tuning baseline), train with slimtune's Trainer, run the evaluation suite, measure efficiency and write
-CELL/result.json atomically. A cell that raises writes CELL/error.json instead and is run again on resume."""
+fine-tuning baseline), train with slimtune's Trainer into the cell folder (which writes the adapter or model,
+metrics.jsonl and train_result.json, but no checkpoints), run the recipe's evaluation plan, take the training
+cost from CELL/train_result.json, and write CELL/result.json atomically. A cell that raises writes
+CELL/error.json instead and is run again on resume."""
 
 from __future__ import annotations
 
@@ -21,13 +23,13 @@ from slimtune.eval.efficiency import (
     LatencyConfig,
     PriceTable,
     benchmark_latency,
-    current_device_name,
     directory_bytes,
     efficiency_summary,
-    training_cost_from_result,
+    training_cost_from_run,
 )
 from slimtune.eval.grid import Cell, resolve_layers, resolve_targets
-from slimtune.eval.suites import SuiteConfig, run_suite
+from slimtune.eval.plan import eval_plan
+from slimtune.eval.suites import run_suite
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +41,11 @@ HEAD_ADAPTER = "head"
 @functools.lru_cache(maxsize=4)
 def _built_data(model_json: str, data_json: str) -> tuple[Any, Any]:
     """The tokenizer and the recipe's data, built once per process (cells differ in method, not data)."""
+    from slimtune.train.recipe import ModelSpec, load_tokenizer
     from slimtune.train.run import build_data
 
-    spec = json.loads(model_json)
-    return (tokenizer := _tokenizer(spec)), build_data(json.loads(data_json), tokenizer)
-
-
-def _tokenizer(spec: dict[str, Any]) -> Any:
-    from slimtune.train.recipe import ModelSpec, load_model
-
-    folder = Path(spec["name"])
-    if not spec["name"].startswith("builtin:") and (folder / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(folder)  # without loading the weights
-    return load_model(ModelSpec(**spec))[1]
+    tokenizer = load_tokenizer(ModelSpec(**json.loads(model_json)))
+    return tokenizer, build_data(json.loads(data_json), tokenizer)
 
 
 def _num_layers(model: nn.Module) -> int:
@@ -104,18 +96,8 @@ def _config_fields(section: dict[str, Any]) -> set[str]:
     return {f.name for f in fields(spec_for_peft_type(str(section["type"]).upper()).config_cls)}  # type: ignore[arg-type]
 
 
-def _adapter_bytes(model: nn.Module, cell_dir: Path) -> tuple[int, bool]:
-    """(bytes, measured): the saved adapter's size, or for full fine-tuning the fp32 weights (not written)."""
-    save = getattr(model, "save_adapter", None)
-    if save is None:
-        return sum(p.numel() * p.element_size() for p in model.parameters()), False
-    names = list(getattr(model, "adapter_names", []))
-    save(cell_dir / "adapter", names)
-    return directory_bytes(cell_dir / "adapter"), True
-
-
-def train_cell(cell: Cell, recipe: dict[str, Any]) -> tuple[nn.Module, Any, Any, Any]:
-    """(trained model, TrainResult, tokenizer, built data) of one cell."""
+def train_cell(cell: Cell, recipe: dict[str, Any], cell_dir: Path) -> tuple[nn.Module, Any, Any, Any]:
+    """(trained model, TrainResult, tokenizer, built data) of one cell, trained into ``cell_dir``."""
     from slimtune.train import TrainConfig, Trainer
     from slimtune.train.recipe import ModelSpec, load_model
 
@@ -125,8 +107,10 @@ def train_cell(cell: Cell, recipe: dict[str, Any]) -> tuple[nn.Module, Any, Any,
     num_labels = len(data.label_map) if data.label_map else None
     base, _ = load_model(ModelSpec(**recipe["model"]), num_labels=num_labels)
     model = build_model(cell, base)
-    config = TrainConfig.from_dict({**recipe.get("train", {}), "lr": cell.lr, "seed": cell.seed})
-    result = Trainer(model, config, data.train, data.collate_fn).fit()
+    config = TrainConfig.from_dict({**recipe.get("train", {}), **cell.train, "lr": cell.lr, "seed": cell.seed})
+    # checkpoints=False: a cell is never resumed (an unfinished one reruns from scratch)
+    result = Trainer(model, config, data.train, data.collate_fn, run_dir=cell_dir, checkpoints=False,
+                     lineage={"cell": cell.as_dict(), "label_map": data.label_map}).fit()
     return model, result, tokenizer, data
 
 
@@ -136,16 +120,14 @@ def run_cell(cell: Cell, recipe: dict[str, Any], cell_dir: Path, fingerprint: st
     from slimtune.formats.safe import write_json
 
     started, cpu_started = time.perf_counter(), time.process_time()
-    model, result, tokenizer, data = train_cell(cell, recipe)
-    sets = {name: spec for name, spec in _eval_specs(recipe).items()}
-    suite = SuiteConfig.from_dict(recipe.get("eval"), default_sets=sets,
-                                  max_length=int(recipe["data"].get("max_length", 256)))
-    scored = run_suite(suite, model, tokenizer, label_map=data.label_map)
-    size, measured = _adapter_bytes(model, cell_dir)
-    training = training_cost_from_result(result, current_device_name(next(model.parameters()).device))
-    efficiency = efficiency_summary(model, training, prices or PriceTable(), full=cell.method.get("type") == "full",
-                                    adapter_bytes=size)
-    efficiency["adapter_bytes_measured"] = measured
+    plan = eval_plan(recipe, latency=None, prices=prices)  # the grid, not the recipe, says what to time
+    model, result, tokenizer, data = train_cell(cell, recipe, cell_dir)
+    scored = run_suite(plan.suite, model, tokenizer, label_map=data.label_map)
+    saved = result.model_dir or result.adapter_dir
+    training = training_cost_from_run(cell_dir)  # what the trainer wrote: CELL/train_result.json
+    efficiency = efficiency_summary(model, training, plan.prices, full=cell.method.get("type") == "full",
+                                    adapter_bytes=directory_bytes(saved) if saved is not None else None)
+    efficiency["adapter_bytes_measured"] = saved is not None
     record: dict[str, Any] = {"cell": cell.as_dict(), "fingerprint": fingerprint, "status": "ok",
                               **scored.as_dict(), "efficiency": efficiency,
                               "losses": result.losses, "steps": result.steps,
@@ -155,15 +137,6 @@ def run_cell(cell: Cell, recipe: dict[str, Any], cell_dir: Path, fingerprint: st
     write_json(cell_dir / RESULT_NAME, record)
     (cell_dir / ERROR_NAME).unlink(missing_ok=True)
     return record
-
-
-def _eval_specs(recipe: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    section = recipe.get("data", {}).get("eval")
-    if section is None:
-        return {}
-    if isinstance(section, dict) and "path" in section:
-        return {"eval": dict(section)}
-    return {str(k): dict(v) for k, v in dict(section).items()}
 
 
 def run_cell_safely(cell: Cell, recipe: dict[str, Any], cell_dir: str, fingerprint: str, threads: int,

@@ -110,40 +110,33 @@ class TrainingCost:
     tokens_per_s: float | None = None
     device: str = "cpu"
     source: str = "none"
+    loop_seconds: float | None = None
+    peak_memory_scope: str | None = None
 
 
 def training_cost_from_run(run_dir: str | Path) -> TrainingCost:
-    """Steps, tokens and wall time from RUN/metrics.jsonl; peak memory and device from RUN/train_result.json
-    when present (the ablation writes it; the trainer's own files do not hold them yet)."""
+    """What training cost, from RUN/train_result.json (the trainer writes it at the end of every run with a
+    run folder); a run without one (older, or killed) falls back to the last line of RUN/metrics.jsonl."""
     from slimtune.train.callbacks import read_metrics
+    from slimtune.train.summary import read_summary
 
     run = Path(run_dir)
-    cost = TrainingCost()
-    if (run / "metrics.jsonl").is_file():
-        records = read_metrics(run / "metrics.jsonl")
-        if records:
-            last = records[-1]
-            cost = TrainingCost(steps=int(last["step"]), tokens=last.get("tokens"), wall_time_s=last.get("time"),
-                                source="metrics.jsonl")
-    result_file = run / "train_result.json"
-    if result_file.is_file():
-        import json
-
-        data = json.loads(result_file.read_text(encoding="utf-8"))
-        cost = TrainingCost(steps=data.get("steps", cost.steps), tokens=data.get("tokens_seen", cost.tokens),
-                            wall_time_s=data.get("wall_time", cost.wall_time_s),
-                            peak_memory_bytes=data.get("peak_memory"), device=data.get("device", "cpu"),
-                            source="train_result.json")
+    data = read_summary(run)
+    if data is not None:
+        return TrainingCost(steps=data.get("steps"), tokens=data.get("tokens_seen"),
+                            wall_time_s=data.get("wall_time"), peak_memory_bytes=data.get("peak_memory"),
+                            tokens_per_s=data.get("tokens_per_s"), device=data.get("device", "cpu"),
+                            source="train_result.json", loop_seconds=data.get("loop_seconds"),
+                            peak_memory_scope=data.get("peak_memory_scope"))
+    records = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    if not records:
+        return TrainingCost()
+    last = records[-1]
+    cost = TrainingCost(steps=int(last["step"]), tokens=last.get("tokens"), wall_time_s=last.get("time"),
+                        source="metrics.jsonl")
     if cost.tokens and cost.wall_time_s:
         cost.tokens_per_s = cost.tokens / cost.wall_time_s
     return cost
-
-
-def training_cost_from_result(result: Any, device: str = "cpu") -> TrainingCost:
-    """From a slimtune.train.TrainResult."""
-    tps = result.tokens_seen / result.wall_time if result.wall_time else None
-    return TrainingCost(result.steps, result.tokens_seen, result.wall_time, result.peak_memory, tps, device,
-                        "TrainResult")
 
 
 def efficiency_summary(model: nn.Module, training: TrainingCost, prices: PriceTable, *, full: bool,

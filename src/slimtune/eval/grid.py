@@ -2,10 +2,10 @@
 rates x seeds, plus leave-one-component-out cells (drop one target group, drop one layer range) around a
 reference method. Target groups and layer ranges stay symbolic here and are resolved against the model.
 
-    methods:                       # name -> a recipe method section; "lr" pins that method's learning rate
-      lora: {type: lora}
+    methods:                       # name -> a recipe method section; "lr" pins that method's learning rate,
+      lora: {type: lora}           # "train" overrides train: options for its cells (e.g. steps)
       dora: {type: lora, use_dora: true, r: 8, targets: all}
-      full: {type: full, lr: 5.0e-5}   # full fine-tuning baseline
+      full: {type: full, lr: 5.0e-5, train: {steps: 60}}   # full fine-tuning baseline
     ranks: [4, 16]                 # to methods with an r that the method does not pin (alpha = 2r unless pinned)
     targets: [attention, mlp, all] # to methods with targets and r (LoRA, DoRA) that do not pin them
     layers: [all, "0-2"]           # idem, through LoraConfig.layers
@@ -25,6 +25,8 @@ from typing import Any
 from slimtune.errors import ConfigError
 
 GRID_KEYS = ("methods", "ranks", "targets", "layers", "lrs", "seeds", "head", "leave_one_out", "latency")
+#: keys of a grid method that belong to the grid, not to the method's config
+METHOD_GRID_KEYS = ("lr", "train")
 GROUP_NAMES = ("attention", "mlp")
 
 #: target groups per model_type, as full-path regular expressions
@@ -54,17 +56,21 @@ class Cell:
     head: tuple[str, ...] = ()
     axes: dict[str, Any] = field(default_factory=dict)
     """What distinguishes this cell, for tables: {"method", "r", "targets", "layers", "lr", "ablation"}."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """The method's overrides of the recipe's train: options (lr and seed come from the cell itself)."""
 
     def fingerprint(self, base_recipe: dict[str, Any]) -> str:
         """sha256 of everything that decides the cell's result: a finished cell with another is stale."""
-        body = {"method": self.method, "lr": self.lr, "seed": self.seed, "head": list(self.head),
-                "recipe": {k: v for k, v in base_recipe.items() if k not in ("output_dir",)}}
+        body: dict[str, Any] = {"method": self.method, "lr": self.lr, "seed": self.seed, "head": list(self.head),
+                                "recipe": {k: v for k, v in base_recipe.items() if k not in ("output_dir",)}}
+        if self.train:
+            body["train"] = self.train
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def as_dict(self) -> dict[str, Any]:
         return {"cell_id": self.cell_id, "group": self.group, "method_name": self.method_name,
                 "method": self.method, "lr": self.lr, "seed": self.seed, "head": list(self.head),
-                "axes": dict(self.axes)}
+                "axes": dict(self.axes), "train": dict(self.train)}
 
 
 def _list(grid: dict[str, Any], key: str, default: list[Any]) -> list[Any]:
@@ -107,7 +113,7 @@ def _variants(name: str, method: dict[str, Any], grid: dict[str, Any]) -> list[t
     for r in ranks:
         for group in groups:
             for layer in layers:
-                section = {k: v for k, v in method.items() if k != "lr"}
+                section = {k: v for k, v in method.items() if k not in METHOD_GRID_KEYS}
                 axes: dict[str, Any] = {"method": name}
                 if r is not None:
                     section["r"], axes["r"] = int(r), int(r)
@@ -153,20 +159,37 @@ def expand_grid(grid: dict[str, Any]) -> list[Cell]:
     plan = [(n, s, a) for n, m in methods.items() for s, a in _variants(n, m, grid)] + _leave_one_out(grid, methods)
     cells: list[Cell] = []
     for name, section, axes in plan:
-        pinned = methods[name].get("lr")
+        pinned, train = methods[name].get("lr"), _train_overrides(name, methods[name])
         for lr in [pinned] if pinned is not None else lrs:
             if lr is None:
                 raise ConfigError(f"method {name!r} has no learning rate: give grid.lrs or methods.{name}.lr")
             group = "_".join([name] + [f"{k}{_tag(v)}" for k, v in axes.items() if k not in ("method", "ablation")]
-                             + [f"lr{float(lr):.0e}"])
+                             + [f"lr{float(lr):.0e}"] + [f"{k}{_tag(v)}" for k, v in sorted(train.items())])
             for seed in seeds:
                 cells.append(Cell(f"{group}_s{seed}", group, name, section, float(lr), seed, head,
-                                  {**axes, "lr": float(lr)}))
+                                  {**axes, "lr": float(lr), **train}, train))
     ids = [c.cell_id for c in cells]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ConfigError(f"the grid yields duplicate cells {duplicates}; remove repeated axis values")
     return cells
+
+
+def _train_overrides(name: str, method: dict[str, Any]) -> dict[str, Any]:
+    """methods.NAME.train: TrainConfig options for this method's cells (not lr or seed: the grid sets them)."""
+    from dataclasses import fields as dc_fields
+
+    from slimtune.train.config import TrainConfig
+
+    train = method.get("train") or {}
+    if not isinstance(train, dict):
+        raise ConfigError(f"grid methods.{name}.train must be a mapping of train options, got {train!r}")
+    known = sorted({f.name for f in dc_fields(TrainConfig)} - {"lr", "seed"})
+    unknown = sorted(set(train) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown grid methods.{name}.train option(s) {unknown} (lr is methods.{name}.lr, seeds "
+                          f"are grid.seeds); known options: {', '.join(known)}")
+    return dict(train)
 
 
 # ----- resolving symbolic targets and layers against a model ---------------------------------------------

@@ -189,9 +189,10 @@ def efficiency_rows(efficiency: dict[str, Any]) -> tuple[list[str], list[list[st
     items = [("trainable parameters", fmt(efficiency.get("trainable_parameters"))),
              ("total parameters", fmt(efficiency.get("total_parameters"))),
              ("trainable share", f"{100 * efficiency.get('trainable_share', 0.0):.3f}%"),
-             ("adapter size", human_bytes(efficiency.get("adapter_bytes"))),
+             ("saved size", human_bytes(efficiency.get("adapter_bytes"))),
              ("training steps", fmt(training.get("steps"))), ("training tokens", fmt(training.get("tokens"))),
              ("wall time (s)", fmt(training.get("wall_time_s"))),
+             ("training tokens/s", fmt(training.get("tokens_per_s"))),
              ("peak memory", human_bytes(training.get("peak_memory_bytes"))),
              ("estimated FLOPs (this method)", fmt(efficiency.get("flops_estimate"))),
              ("estimated FLOPs (full fine-tuning)", fmt(efficiency.get("flops_full_fine_tune"))),
@@ -223,8 +224,13 @@ def _forgetting_line(suite: dict[str, Any]) -> str:
             f"[{fmt(ci['low'])}, {fmt(ci['high'])}].")
 
 
+def _evaluated(report: Any) -> str:
+    source = report.source
+    return str(source.get("run") or source.get("adapter") or source.get("model") or "")
+
+
 def eval_markdown(report: Any) -> str:
-    parts = [f"# Evaluation of {report.source.get('run') or report.source.get('adapter')}", ""]
+    parts = [f"# Evaluation of {_evaluated(report)}", ""]
     parts += [markdown_table(*eval_metric_rows(report)), "", _forgetting_line(report.suite), "", "## Efficiency", "",
               markdown_table(*efficiency_rows(report.efficiency))]
     if report.latency:
@@ -243,4 +249,4 @@ def eval_html(report: Any) -> str:
         bars = figures.run_latency_bars(report.latency)
         if bars is not None:
             sections.append(figure_html(bars, "p50 latency by batch size: base, unmerged and merged"))
-    return html_page(f"Evaluation of {report.source.get('run') or report.source.get('adapter')}", sections)
+    return html_page(f"Evaluation of {_evaluated(report)}", sections)

@@ -1,14 +1,15 @@
-"""``slimtune eval RUN|ADAPTER``: load the run's base model and adapter, run the recipe's evaluation suite,
-add the efficiency report (parameters, adapter size, training tokens, time, memory, FLOPs, cost, latency)
-and write RUN/eval.json (top-level "metrics": {set: {metric: value}}, what promotion gates read), eval.md
-and eval.html."""
+"""``slimtune eval RUN|ADAPTER|MODEL``: load what a run saved (an adapter onto its base model, or the whole
+fine-tuned model of a full fine-tuning run), run the recipe's evaluation plan (``eval:``, see
+slimtune.eval.plan), add the efficiency report (parameters, saved size, training tokens, time, memory, FLOPs,
+cost, latency) and write RUN/eval.json (top-level "metrics": {set: {metric: value}}, what promotion gates
+read), eval.md and eval.html."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -22,13 +23,15 @@ from slimtune.eval.efficiency import (
     efficiency_summary,
     training_cost_from_run,
 )
-from slimtune.eval.suites import SuiteConfig, run_suite
+from slimtune.eval.plan import DEFAULT_LATENCY, eval_plan
+from slimtune.eval.suites import run_suite
 from slimtune.formats.safe import atomic_file, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 EVAL_NAME = "eval.json"
-DEFAULT_LATENCY = LatencyConfig()
+LINEAGE = "slimtune.json"
+__all__ = ["DEFAULT_LATENCY", "EVAL_NAME", "EvalReport", "Saved", "evaluate_run", "locate", "write_eval_reports"]
 
 
 @dataclass
@@ -40,37 +43,67 @@ class EvalReport:
     efficiency: dict[str, Any]
     latency: dict[str, Any] | None
     source: dict[str, str]
+    plan: dict[str, Any] | None = None
+    """The recipe's eval: section this report followed; None when arguments overrode part of it."""
     paths: dict[str, Path] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"metrics": self.metrics, "suite": self.suite, "efficiency": self.efficiency,
-                "latency": self.latency, "source": self.source}
+                "latency": self.latency, "source": self.source, "plan": self.plan}
 
 
-def locate(path: str | Path) -> tuple[Path, Path | None]:
-    """(adapter dir, run dir or None) for a RUN folder (with adapter/) or an ADAPTER folder."""
+@dataclass(frozen=True)
+class Saved:
+    """What a run saved: an adapter folder (PEFT layout) or a whole model (transformers layout)."""
+
+    kind: Literal["adapter", "model"]
+    folder: Path
+    run: Path | None
+    """The run folder (with recipe.yaml), when there is one."""
+
+
+def _is_full_model(folder: Path) -> bool:
+    if not (folder / "config.json").is_file() or not (folder / LINEAGE).is_file():
+        return False
+    return bool(read_json(folder / LINEAGE).get("saved") == "full_model")
+
+
+def _run_of(folder: Path) -> Path | None:
+    return folder.parent if (folder.parent / "recipe.yaml").is_file() else None
+
+
+def locate(path: str | Path) -> Saved:
+    """What RUN (with adapter/ or model/), ADAPTER (adapter_config.json) or MODEL (a full save) holds."""
     given = Path(path)
     if (given / "adapter_config.json").is_file():
-        parent = given.parent
-        return given, parent if (parent / "recipe.yaml").is_file() else None
+        return Saved("adapter", given, _run_of(given))
+    if _is_full_model(given):
+        return Saved("model", given, _run_of(given))
     if (given / "adapter" / "adapter_config.json").is_file():
-        return given / "adapter", given
-    raise ConfigError(f"{given} is neither a run folder (with adapter/adapter_config.json) nor an adapter folder "
-                      "(with adapter_config.json); full fine-tuning runs are not evaluated from disk yet")
+        return Saved("adapter", given / "adapter", given)
+    if _is_full_model(given / "model"):
+        return Saved("model", given / "model", given)
+    raise ConfigError(f"{given} is neither a run folder (with adapter/adapter_config.json, or model/ from full "
+                      "fine-tuning), an adapter folder (with adapter_config.json) nor a fine-tuned model folder "
+                      "(config.json with slimtune.json)")
 
 
-def recipe_of(adapter: Path, run: Path | None) -> dict[str, Any]:
-    """The run's recipe mapping: RUN/recipe.yaml, else the adapter's lineage (slimtune.json "recipe")."""
-    if run is not None:
-        data = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8"))
+def recipe_of(saved: Saved) -> dict[str, Any]:
+    """The run's recipe mapping: RUN/recipe.yaml, else the saved folder's lineage (slimtune.json "recipe")."""
+    if saved.run is not None:
+        data = yaml.safe_load((saved.run / "recipe.yaml").read_text(encoding="utf-8"))
         if isinstance(data, dict):
             return data
-    lineage = read_json(adapter / "slimtune.json") if (adapter / "slimtune.json").is_file() else {}
+    lineage = _lineage(saved.folder)
     recipe = lineage.get("recipe")
     if not isinstance(recipe, dict):
-        raise ConfigError(f"{adapter} has no recipe (no RUN/recipe.yaml, no 'recipe' in slimtune.json); "
+        raise ConfigError(f"{saved.folder} has no recipe (no RUN/recipe.yaml, no 'recipe' in slimtune.json); "
                           "evaluate it from its run folder")
     return recipe
+
+
+def _lineage(folder: Path) -> dict[str, Any]:
+    return read_json(folder / LINEAGE) if (folder / LINEAGE).is_file() else {}
 
 
 def load_for_eval(adapter: Path, recipe: dict[str, Any]) -> tuple[Any, Any, dict[str, int] | None, str]:
@@ -78,8 +111,7 @@ def load_for_eval(adapter: Path, recipe: dict[str, Any]) -> tuple[Any, Any, dict
     from slimtune.formats.peft import load_adapter
     from slimtune.train.recipe import ModelSpec, load_model
 
-    lineage = read_json(adapter / "slimtune.json") if (adapter / "slimtune.json").is_file() else {}
-    label_map = lineage.get("label_map")
+    label_map = _lineage(adapter).get("label_map")
     num_labels = len(label_map) if label_map else None
     base, tokenizer = load_model(ModelSpec(**recipe["model"]), num_labels=num_labels)
     try:
@@ -95,39 +127,58 @@ def load_for_eval(adapter: Path, recipe: dict[str, Any]) -> tuple[Any, Any, dict
     return load_adapter(base, adapter, check_fingerprint=False), tokenizer, label_map, note
 
 
-def _suite_config(recipe: dict[str, Any], suite: dict[str, Any] | None) -> SuiteConfig:
-    data = recipe.get("data") or {}
-    section = data.get("eval")
-    if isinstance(section, dict) and "path" in section:
-        defaults = {"eval": dict(section)}
-    else:
-        defaults = {str(k): dict(v) for k, v in dict(section or {}).items()}
-    return SuiteConfig.from_dict(suite if suite is not None else recipe.get("eval"), default_sets=defaults,
-                                 max_length=int(data.get("max_length", 256)))
+def load_full_for_eval(folder: Path, recipe: dict[str, Any]) -> tuple[Any, Any, dict[str, int] | None]:
+    """(fine-tuned model, tokenizer, label map) of a full fine-tuning save (the tokenizer saved beside it, else
+    the recipe's base model's)."""
+    from slimtune.train.recipe import ModelSpec, load_model, load_tokenizer
+
+    dtype = dict(recipe.get("model") or {}).get("dtype", "float32")
+    model, tokenizer = load_model(ModelSpec(name=str(folder), dtype=dtype))
+    if tokenizer is None:
+        tokenizer = load_tokenizer(ModelSpec(**recipe["model"]))
+    return model, tokenizer, _lineage(folder).get("label_map")
 
 
-def evaluate_run(run_or_adapter_dir: str | Path, *, suite: dict[str, Any] | None = None,
+def _forgetting_base(saved: Saved, recipe: dict[str, Any], model: Any, wanted: bool) -> Any:
+    """The untuned base beside a fully fine-tuned causal LM (the forgetting check compares the two)."""
+    if saved.kind != "model" or not wanted or not type(model).__name__.endswith("ForCausalLM"):
+        return None
+    from slimtune.train.recipe import ModelSpec, load_model
+
+    return load_model(ModelSpec(**recipe["model"]))[0]
+
+
+def evaluate_run(run_or_saved_dir: str | Path, *, suite: dict[str, Any] | None = None,
                  prices: PriceTable | dict[str, Any] | None = None,
-                 latency: LatencyConfig | None = DEFAULT_LATENCY, out_dir: str | Path | None = None,
+                 latency: LatencyConfig | bool | None = True, out_dir: str | Path | None = None,
                  write: bool = True) -> EvalReport:
-    """Evaluate a finished run (or an adapter folder with its recipe in the lineage).
+    """Evaluate a finished run, an adapter folder or a fully fine-tuned model folder (with its recipe in the
+    lineage when there is no run folder around it).
 
-    ``suite`` replaces the recipe's ``eval:`` section; ``prices`` the default price table; ``latency=None``
-    skips the latency benchmark. Writes eval.json/.md/.html into ``out_dir`` (default: the run folder, else
-    the adapter folder) unless ``write=False``."""
-    adapter, run = locate(run_or_adapter_dir)
-    recipe = recipe_of(adapter, run)
-    config = _suite_config(recipe, suite)
-    model, tokenizer, label_map, fingerprint = load_for_eval(adapter, recipe)
-    scored = run_suite(config, model, tokenizer, label_map=label_map)
-    training = training_cost_from_run(run) if run is not None else TrainingCost()
-    table = prices if isinstance(prices, PriceTable) else PriceTable.from_mapping(prices)
-    efficiency = efficiency_summary(model, training, table, full=False, adapter_bytes=directory_bytes(adapter))
-    timed = benchmark_latency(model, latency) if latency is not None else None
-    report = EvalReport(scored.metrics(), scored.as_dict(), efficiency, timed,
-                        {"adapter": str(adapter), "run": str(run) if run else "", "fingerprint": fingerprint})
+    ``suite`` replaces the suite keys of the recipe's ``eval:`` section; ``prices`` its price table;
+    ``latency``: True uses the section's latency benchmark (default DEFAULT_LATENCY), None skips it, a
+    LatencyConfig replaces it. Writes eval.json/.md/.html into ``out_dir`` (default: the run folder, else
+    the saved folder) unless ``write=False``."""
+    saved = locate(run_or_saved_dir)
+    recipe = recipe_of(saved)
+    plan = eval_plan(recipe, suite=suite, latency=latency, prices=prices)
+    if saved.kind == "model":
+        model, tokenizer, label_map = load_full_for_eval(saved.folder, recipe)
+        fingerprint = "full model: the whole fine-tuned model was saved, no base to verify against"
+    else:
+        model, tokenizer, label_map, fingerprint = load_for_eval(saved.folder, recipe)
+    base = _forgetting_base(saved, recipe, model, plan.suite.forgetting is not None)
+    scored = run_suite(plan.suite, model, tokenizer, label_map=label_map, base_model=base)
+    training = training_cost_from_run(saved.run) if saved.run is not None else TrainingCost()
+    efficiency = efficiency_summary(model, training, plan.prices, full=saved.kind == "model",
+                                    adapter_bytes=directory_bytes(saved.folder))
+    timed = benchmark_latency(model, plan.latency) if plan.latency is not None else None
+    source = {"kind": saved.kind, saved.kind: str(saved.folder), "run": str(saved.run) if saved.run else "",
+              "fingerprint": fingerprint}
+    followed = recipe.get("eval") if suite is None and latency is True and prices is None else None
+    report = EvalReport(scored.metrics(), scored.as_dict(), efficiency, timed, source, followed)
     if write:
-        report.paths = write_eval_reports(report, Path(out_dir) if out_dir else (run or adapter))
+        report.paths = write_eval_reports(report, Path(out_dir) if out_dir else (saved.run or saved.folder))
     return report
 
 

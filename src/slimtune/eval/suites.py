@@ -99,7 +99,13 @@ class SuiteConfig:
 def _eval_set(name: str, spec: Any) -> EvalSet:
     if not isinstance(spec, dict) or "path" not in spec:
         raise ConfigError(f"eval.sets.{name} must be a data spec with a path, got {spec!r}")
+    from slimtune.data import DataSpec
+
     data = {k: v for k, v in spec.items() if k != "kind"}
+    known = [f.name for f in fields(DataSpec)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown eval.sets.{name} option(s) {unknown}; known options: kind, {', '.join(known)}")
     kind = spec.get("kind", "id")
     if kind not in ("id", "ood"):
         raise ConfigError(f"eval.sets.{name}.kind must be 'id' or 'ood', got {kind!r}")

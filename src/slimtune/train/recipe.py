@@ -8,12 +8,17 @@ run folder so that a run can always be repeated.
     train: {steps: 200, batch_size: 8, lr: 2.0e-4}
     output_dir: runs/smollm2-lora
     seed: 0
+    eval: {sets: {test: {path: test.jsonl, schema: chat}}, latency: false}   # optional: evaluate after training
+
+``method: {type: full}`` trains every weight of the model (full fine-tuning, the baseline of every PEFT
+method); the run then saves the whole model (RUN/model/) instead of an adapter.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -23,10 +28,14 @@ import yaml
 from slimtune.errors import ConfigError
 from slimtune.train.config import TrainConfig
 
+log = logging.getLogger(__name__)
+
 DTypeName = Literal["float32", "bfloat16", "float16"]
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 BUILTINS: tuple[str, ...] = ("builtin:smollm2", "builtin:minilm")
 RECIPE_NAME = "recipe.yaml"
+FULL = "full"
+"""method.type of full fine-tuning (no adapter: every parameter trains)."""
 
 
 @dataclass(frozen=True)
@@ -63,14 +72,25 @@ class Recipe:
     """The run folder: adapter/, checkpoints/, metrics.jsonl, recipe.yaml."""
     seed: int = 0
     """The run's seed; also the trainer's unless train.seed says otherwise."""
+    eval: dict[str, Any] | None = None
+    """Evaluation after training (slimtune.eval.plan): sets (default: data.eval), task, forgetting, batch_size,
+    n_resamples, confidence, max_new_tokens, latency, prices. None: no evaluation after training."""
+
+    @property
+    def full_fine_tune(self) -> bool:
+        """``method: {type: full}``: every parameter trains, no adapter."""
+        return str(self.method.get("type", "")).lower() == FULL
 
     def adapter_config(self) -> Any:
         """The method section as the method's config object (e.g. slimtune.LoraConfig)."""
+        if self.full_fine_tune:
+            raise ConfigError("method.type 'full' (full fine-tuning) has no adapter config")
         return method_config(self.method)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": dataclasses.asdict(self.model), "method": dict(self.method), "data": dict(self.data),
-                "train": self.train.to_dict(), "output_dir": self.output_dir, "seed": self.seed}
+        out = {"model": dataclasses.asdict(self.model), "method": dict(self.method), "data": dict(self.data),
+               "train": self.train.to_dict(), "output_dir": self.output_dir, "seed": self.seed}
+        return out if self.eval is None else {**out, "eval": dict(self.eval)}
 
 
 def method_config(method: dict[str, Any]) -> Any:
@@ -79,11 +99,11 @@ def method_config(method: dict[str, Any]) -> Any:
     from slimtune.core.plugin import known_peft_types, spec_for_peft_type
 
     if not isinstance(method, dict) or "type" not in method:
-        raise ConfigError(f"method must be a mapping with a 'type' (one of {_lower(known_peft_types())}), "
+        raise ConfigError(f"method must be a mapping with a 'type' (one of {_lower(known_peft_types())}, {FULL}), "
                           f"got {method!r}")
     kind = str(method["type"])
     if kind.upper() not in known_peft_types():
-        raise ConfigError(f"method.type {kind!r} is unknown; known methods: {_lower(known_peft_types())}")
+        raise ConfigError(f"method.type {kind!r} is unknown; known methods: {_lower(known_peft_types())}, {FULL}")
     cls = spec_for_peft_type(kind.upper()).config_cls
     options = coerce_floats(cls, {k: v for k, v in method.items() if k != "type"})
     known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
@@ -161,12 +181,44 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         raise ConfigError(f"seed is {seed!r} but train.seed is {train_raw['seed']!r}; give one of them")
     train = _section({"train": {**train_raw, "seed": train_raw.get("seed", seed)}}, "train", TrainConfig)
     method = _mapping(raw, "method")
-    method_config(method)  # validate now, not at training time
+    _validate_method(method)  # now, not at training time
     output_dir = raw.get("output_dir", "runs/default")
     if not isinstance(output_dir, str) or not output_dir:
         raise ConfigError(f"output_dir must be a non-empty path string, got {output_dir!r}")
-    return Recipe(model=model, method=method, train=train, data=_mapping(raw, "data", required=False),
-                  output_dir=output_dir, seed=seed)
+    data = _mapping(raw, "data", required=False)
+    evaluation = None if raw.get("eval") is None else _mapping(raw, "eval")
+    if evaluation is not None:
+        _validate_eval(evaluation, data)
+    return Recipe(model=model, method=method, train=train, data=data, output_dir=output_dir, seed=seed,
+                  eval=evaluation)
+
+
+def data_eval_sets(section: Any) -> dict[str, dict[str, Any]]:
+    """``data.eval`` (one data spec with a path, or {name: spec}) as {name: spec}: the trainer's evaluation
+    sets, and the default sets of the evaluation after training."""
+    if section is None:
+        return {}
+    if isinstance(section, dict) and "path" in section:
+        return {"eval": dict(section)}
+    if isinstance(section, dict) and all(isinstance(v, dict) for v in section.values()):
+        return {str(k): dict(v) for k, v in section.items()}
+    raise ConfigError(f"data.eval must be one data spec (with a path) or {{name: spec}}, got {section!r}")
+
+
+def _validate_method(method: dict[str, Any]) -> None:
+    if str(method.get("type", "")).lower() != FULL:
+        method_config(method)
+        return
+    extra = sorted(set(method) - {"type"})
+    if extra:
+        raise ConfigError(f"method.type 'full' (full fine-tuning) takes no options; got {extra}")
+
+
+def _validate_eval(section: dict[str, Any], data: dict[str, Any]) -> None:
+    """The eval: section through the evaluation layer's own schema (recipes wire the layers together)."""
+    from slimtune.eval.plan import eval_plan
+
+    eval_plan({"eval": section, "data": data})
 
 
 def _mapping(raw: dict[str, Any], key: str, required: bool = True) -> dict[str, Any]:
@@ -216,8 +268,10 @@ def save_resolved(recipe: Recipe, run_dir: str | Path) -> Path:
 
 def load_model(spec: ModelSpec, num_labels: int | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) for a ModelSpec: an embedded model, or a local folder (safetensors weights only).
-    With ``num_labels`` a sequence-classification model with that many labels, else a causal LM (for a
-    folder) or the built-in's own head."""
+    A folder whose config.json names a ``*ForSequenceClassification`` architecture loads as that classifier
+    (with its own label count unless ``num_labels`` is given); otherwise ``num_labels`` asks for a
+    sequence-classification head on the folder's model, and without it the folder loads as a causal LM. A
+    built-in loads with its own head."""
     import torch
 
     dtype = getattr(torch, spec.dtype)
@@ -232,12 +286,60 @@ def load_model(spec: ModelSpec, num_labels: int | None = None) -> tuple[Any, Any
     folder = Path(spec.name)
     if not folder.is_dir():
         raise ConfigError(f"model.name {spec.name!r} is neither a built-in ({', '.join(BUILTINS)}) nor a folder")
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    if num_labels is not None:
+    kind = folder_kind(folder)
+    if num_labels is not None or kind == "sequence_classification":
+        labels: dict[str, Any] = {} if num_labels is None else {"num_labels": num_labels}
+        if num_labels is not None and kind == "sequence_classification" and num_labels != _folder_labels(folder):
+            # the folder's head has another size: it cannot be loaded, a fresh head of the asked size replaces it
+            log.warning("%s has a classifier head of %s labels; training a fresh head of %d", folder,
+                        _folder_labels(folder), num_labels)
+            labels["ignore_mismatched_sizes"] = True
         model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype, use_safetensors=True,
-                                                                   num_labels=num_labels)
+                                                                   **labels)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder) if (folder / "tokenizer_config.json").is_file() else None
-    return model, tokenizer
+    return model, _folder_tokenizer(folder)
+
+
+def folder_kind(folder: Path) -> Literal["sequence_classification", "causal_lm"]:
+    """What a local model folder holds, by its config.json ``architectures`` (e.g. BertForSequenceClassification);
+    a folder that names none is taken as a causal LM."""
+    import json
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"model folder {folder} has no config.json; save the model with save_pretrained")
+    try:
+        architectures = json.loads(path.read_text(encoding="utf-8")).get("architectures") or []
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return "sequence_classification"
+    return "causal_lm"
+
+
+def _folder_labels(folder: Path) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(folder).num_labels)
+
+
+def is_classifier(model: Any) -> bool:
+    """A sequence-classification model (a transformers *ForSequenceClassification)."""
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def _folder_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder) if (folder / "tokenizer_config.json").is_file() else None
+
+
+def load_tokenizer(spec: ModelSpec) -> Any:
+    """The tokenizer of a ModelSpec, without loading a folder's weights (a built-in loads whole)."""
+    folder = Path(spec.name)
+    if not spec.name.startswith("builtin:") and folder.is_dir():
+        return _folder_tokenizer(folder)
+    return load_model(spec)[1]

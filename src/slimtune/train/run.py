@@ -1,6 +1,8 @@
-"""A recipe, run: load the model, inject the adapter, build the data through the data layer, train, and leave
-the run folder complete (adapter with lineage, checkpoints, metrics.jsonl, recipe.yaml). What
-``slimtune train recipe.yaml`` calls, in one process or under torchrun."""
+"""A recipe, run: load the model, inject the adapter (or unfreeze everything for ``method: {type: full}``), build
+the data through the data layer, train, leave the run folder complete (adapter/ or model/ with lineage,
+checkpoints, metrics.jsonl, train_result.json, recipe.yaml) and, when the recipe has an ``eval:`` section,
+evaluate what was saved (RUN/eval.json, eval.md, eval.html). What ``slimtune train recipe.yaml`` calls, in one
+process or under torchrun."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 from slimtune.errors import ConfigError
 from slimtune.train.callbacks import Callback
 from slimtune.train.distributed import Strategy, env_from_environment
-from slimtune.train.recipe import Recipe, load_model, save_resolved
+from slimtune.train.recipe import Recipe, data_eval_sets, is_classifier, load_model, save_resolved
 from slimtune.train.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -45,22 +47,12 @@ def build_data(data: dict[str, Any], tokenizer: Any) -> BuiltData:
     examples, report = build_dataset(_spec("train", data["train"]), tokenizer, max_length, packing)
     built = BuiltData(train=examples, collate_fn=collator_for(report, tokenizer, data.get("pad_to_multiple_of")),
                       reports={"train": report.as_dict()}, label_map=report.label_map)
-    for name, section in _eval_sections(data.get("eval")).items():
+    for name, section in data_eval_sets(data.get("eval")).items():
         if report.label_map and "label_map" not in section:
             section = {**section, "label_map": report.label_map}  # the training ids, for every split
         eval_examples, eval_report = build_dataset(_spec(f"eval.{name}", section), tokenizer, max_length, False)
         built.eval[name], built.reports[f"eval/{name}"] = eval_examples, eval_report.as_dict()
     return built
-
-
-def _eval_sections(section: Any) -> dict[str, dict[str, Any]]:
-    if section is None:
-        return {}
-    if isinstance(section, dict) and "path" in section:
-        return {"eval": dict(section)}
-    if isinstance(section, dict) and all(isinstance(v, dict) for v in section.values()):
-        return {str(k): dict(v) for k, v in section.items()}
-    raise ConfigError(f"data.eval must be one data spec (with a path) or {{name: spec}}, got {section!r}")
 
 
 def _spec(where: str, section: dict[str, Any]) -> Any:
@@ -80,20 +72,53 @@ def _spec(where: str, section: dict[str, Any]) -> Any:
 
 def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, callbacks: Sequence[Callback] = (),
                strategy: Strategy = "ddp") -> TrainResult:
-    """Train what ``recipe`` says into ``run_dir`` (default: recipe.output_dir); resumes a killed run."""
-    from slimtune.core.model import adapt
-
+    """Train what ``recipe`` says into ``run_dir`` (default: recipe.output_dir); resumes a killed run. With an
+    ``eval:`` section, rank 0 then evaluates the saved adapter or model (``TrainResult.evaluation``)."""
     out = Path(run_dir if run_dir is not None else recipe.output_dir)
     model, tokenizer = load_model(recipe.model)
     if tokenizer is None:
         raise ConfigError(f"model {recipe.model.name!r} has no tokenizer files; the data layer needs one")
     data = build_data(recipe.data, tokenizer)
-    if data.label_map and getattr(getattr(model, "config", None), "num_labels", None) != len(data.label_map):
-        model, _ = load_model(recipe.model, num_labels=len(data.label_map))
-    adapted = adapt(model, recipe.adapter_config())
-    if env_from_environment()[0] == 0:
+    wanted = len(data.label_map) if data.label_map else None
+    if wanted is not None and (not is_classifier(model) or getattr(model.config, "num_labels", None) != wanted):
+        model, _ = load_model(recipe.model, num_labels=wanted)
+    trainable = _trainable(model, recipe)
+    main = env_from_environment()[0] == 0
+    if main:
         save_resolved(recipe, out)
     lineage = {"recipe": recipe.to_dict(), "datasets": data.reports, "label_map": data.label_map}
-    trainer = Trainer(adapted, recipe.train, data.train, data.collate_fn, eval_data=data.eval or None, run_dir=out,
-                      callbacks=callbacks, strategy=strategy, lineage=lineage)
-    return trainer.fit()
+    trainer = Trainer(trainable, recipe.train, data.train, data.collate_fn, eval_data=data.eval or None,
+                      run_dir=out, callbacks=callbacks, strategy=strategy, lineage=lineage)
+    result = trainer.fit()
+    if main and result.model_dir is not None:
+        tokenizer.save_pretrained(result.model_dir)  # a full save is a complete transformers model folder
+    if main and recipe.eval is not None:
+        result.evaluation = evaluate_after_training(out, recipe, result)
+    return result
+
+
+def _trainable(model: Any, recipe: Recipe) -> Any:
+    """The model with the recipe's adapter, or (full fine-tuning) the model itself with every weight trainable."""
+    if recipe.full_fine_tune:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from slimtune.core.model import adapt
+
+    return adapt(model, recipe.adapter_config())
+
+
+def evaluate_after_training(run: Path, recipe: Recipe, result: TrainResult) -> dict[str, dict[str, float]]:
+    """Evaluate the run as ``slimtune eval RUN`` does; a finished run run again keeps its eval.json when the
+    eval section has not changed since."""
+    from slimtune.eval.run_eval import EVAL_NAME, evaluate_run
+    from slimtune.formats.safe import read_json
+
+    previous = run / EVAL_NAME
+    if result.stopped_reason == "already_complete" and previous.is_file():
+        kept = read_json(previous)
+        if kept.get("plan") == recipe.eval:
+            return dict(kept["metrics"])
+    report = evaluate_run(run)
+    log.info("evaluated %s: %s", run, ", ".join(sorted(report.metrics)))
+    return report.metrics

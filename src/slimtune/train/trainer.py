@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 import random
-import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from slimtune.train.precision import Precision
 from slimtune.train.progress import default_progress
 from slimtune.train.resume import capture, restore
 from slimtune.train.schedule import Schedule
+from slimtune.train.summary import peak_memory, reset_peak_memory, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,23 @@ class TrainResult:
     wall_time: float = 0.0
     """Seconds spent in this process's fit() (a resumed run counts from the resume)."""
     peak_memory: int = 0
-    """Bytes: peak CUDA memory allocated on this device, else the process's peak resident set size."""
+    """Bytes: peak CUDA memory allocated on this device, else the peak resident set size, over this fit where
+    the platform can reset the peak (see slimtune.train.summary)."""
     stopped_reason: str = "max_steps"
     """"max_steps", "early_stopping" or "already_complete"."""
     resumed_from: int | None = None
     adapter_dir: Path | None = None
+    """RUN/adapter when the run saved an adapter (or a plain module's trainable tensors) there."""
+    model_dir: Path | None = None
+    """RUN/model when the run saved a whole transformers model (full fine-tuning)."""
+    tokens_trained: int = 0
+    """Non-padding tokens trained on in this process (tokens_seen counts a resumed run's earlier steps too)."""
+    loop_seconds: float = 0.0
+    """Seconds this process spent in the training loop."""
+    tokens_per_s: float = 0.0
+    """tokens_trained / loop_seconds."""
+    evaluation: dict[str, dict[str, float]] | None = None
+    """{set: {metric: value}} of the post-training evaluation, when ``run_recipe`` ran one (recipe ``eval:``)."""
 
 
 @dataclass
@@ -104,6 +116,10 @@ class Trainer:
     ``collate_fn`` turns a list of them into a batch of tensors the model takes (with ``labels``).
     ``param_groups`` replaces the optimizer grouping, ``strategy`` picks DDP or FSDP2 under torchrun, and
     ``lineage`` is recorded in the final adapter's slimtune.json (the recipe, dataset manifests).
+    With a ``run_dir`` the trainer writes metrics.jsonl, checkpoints, the final adapter (RUN/adapter) or, for a
+    transformers model trained without an adapter, the whole model (RUN/model), and RUN/train_result.json;
+    ``checkpoints=False`` writes no checkpoint at all, not even the final one (a run never resumed, such as
+    an ablation cell).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_data: Sequence[Any],
@@ -111,11 +127,14 @@ class Trainer:
                  run_dir: str | Path | None = None,
                  callbacks: Sequence[Callback] = (), loss_fn: LossFn | None = None, *,
                  param_groups: ParamGroupFn | None = None, strategy: Strategy = "ddp",
-                 lineage: dict[str, Any] | None = None, device: str | torch.device | None = None) -> None:
+                 lineage: dict[str, Any] | None = None, device: str | torch.device | None = None,
+                 checkpoints: bool = True) -> None:
         if not isinstance(config, TrainConfig):
             raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
         if config.checkpoint_every and run_dir is None:
             raise ConfigError(f"checkpoint_every={config.checkpoint_every} needs a run_dir to write checkpoints into")
+        if config.checkpoint_every and not checkpoints:
+            raise ConfigError(f"checkpoint_every={config.checkpoint_every} contradicts checkpoints=False")
         self.config, self.train_data, self.collate_fn = config, train_data, collate_fn
         self.eval_data = dict(eval_data or {})
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -132,11 +151,13 @@ class Trainer:
         self.order = BatchOrder(len(train_data), self.global_batch, config.seed)
         self.max_steps = config.steps or max(1, int((config.epochs or 1) * self.order.steps_per_epoch))
         self.schedule = Schedule(self.optimizer, self.max_steps, config.warmup_for(self.max_steps), config.schedule)
-        self.store = CheckpointStore(self.run_dir / "checkpoints", config.keep_last) if self.run_dir else None
+        self.store = (CheckpointStore(self.run_dir / "checkpoints", config.keep_last)
+                      if self.run_dir is not None and checkpoints else None)
         self.callbacks = self._callbacks(callbacks)
         self.progress = _Progress()
         self.state = TrainerState(max_steps=self.max_steps, run_dir=self.run_dir)
         self._saved_step: int | None = None
+        self._saved: dict[str, Path] = {}
 
     def _callbacks(self, extra: Sequence[Callback]) -> list[Callback]:
         if not self.env.is_main:
@@ -154,12 +175,14 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to ``max_steps`` (resuming from the newest complete checkpoint in run_dir, if any)."""
         started = time.perf_counter()
+        scope = reset_peak_memory(self.env.device)
         resumed = self._resume_or_seed()
         self.state.step = self.state.start_step = self.schedule.step_index
         self._sync_state()
         self._emit("on_train_begin")
         done = self.state.step >= self.max_steps or self.progress.stopped is not None
         reason = self.progress.stopped or ("already_complete" if done else "max_steps")
+        tokens_before, loop_started = self.progress.tokens_seen, time.perf_counter()
         try:
             while not done and self.state.step < self.max_steps:
                 metrics = self._train_step(started)
@@ -169,14 +192,20 @@ class Trainer:
                     break
                 if self.config.checkpoint_every and self.state.step % self.config.checkpoint_every == 0:
                     self.save_checkpoint()
+            loop_seconds = time.perf_counter() - loop_started
             self._finish()
         finally:
             self._emit("on_train_end")
-        return TrainResult(steps=self.state.step, losses=list(self.progress.losses),
-                           eval_history=list(self.progress.eval_history), tokens_seen=self.progress.tokens_seen,
-                           wall_time=time.perf_counter() - started, peak_memory=peak_memory(self.env.device),
-                           stopped_reason=reason, resumed_from=resumed,
-                           adapter_dir=self.run_dir / "adapter" if self.run_dir else None)
+        trained = self.progress.tokens_seen - tokens_before
+        result = TrainResult(steps=self.state.step, losses=list(self.progress.losses),
+                             eval_history=list(self.progress.eval_history), tokens_seen=self.progress.tokens_seen,
+                             wall_time=time.perf_counter() - started, peak_memory=peak_memory(self.env.device),
+                             stopped_reason=reason, resumed_from=resumed, adapter_dir=self._saved.get("adapter"),
+                             model_dir=self._saved.get("model"), tokens_trained=trained, loop_seconds=loop_seconds,
+                             tokens_per_s=trained / loop_seconds if trained and loop_seconds > 0 else 0.0)
+        if self.run_dir is not None and self.env.is_main:
+            write_summary(self.run_dir, result, self.env.device, self.env.world_size, scope)
+        return result
 
     def _resume_or_seed(self) -> int | None:
         found = self.store.latest() if self.store and self.env.is_main else None
@@ -319,15 +348,16 @@ class Trainer:
             return
         if self.store is not None and self._saved_step != self.state.step:
             self.save_checkpoint()
-        from slimtune.train.export import save_final_adapter
+        from slimtune.train.export import save_final
 
         metrics = {"train_loss": next((x for x in reversed(self.progress.losses) if x is not None), None),
                    **({k: v for k, v in self.progress.eval_history[-1].items()} if self.progress.eval_history else {})}
         lineage = {"seed": self.config.seed, "metrics": metrics, "train": self.config.to_dict(),
                    "steps": self.state.step, "tokens_seen": self.progress.tokens_seen, **self.lineage}
-        path = save_final_adapter(self.module, self.run_dir / "adapter", lineage, self.env)
-        if path is not None:
-            self._emit("on_save", path)
+        saved = save_final(self.module, self.run_dir, lineage, self.env)
+        self._saved = {saved.kind: saved.path}
+        if self.env.is_main:
+            self._emit("on_save", saved.path)
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -349,12 +379,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
 def _tokens(batch: Batch) -> int:
