@@ -48,10 +48,14 @@ TRAIN: dict[str, tuple[str, str, str, bool, dict[str, str]]] = {
     "st_lora_fused": ("slimtune", "lora", "all", False, {"BENCH_FUSE": "1"}),
     "st_lora_gc_fused": ("slimtune", "lora", "all", True, {"BENCH_FUSE": "1"}),
     "st_dora_fused": ("slimtune", "dora", "all", False, {"BENCH_FUSE": "1"}),
+    "st_lora_compiled": ("slimtune", "lora", "all", False, {"BENCH_COMPILE": "1"}),
+    "st_lora_gc_compiled": ("slimtune", "lora", "all", True, {"BENCH_COMPILE": "1"}),
+    "st_dora_compiled": ("slimtune", "dora", "all", False, {"BENCH_COMPILE": "1"}),
 }
-ORDER = ["check", "st_lora", "peft_lora", "st_lora_fused", "st_lora_gc", "peft_lora_gc", "st_lora_gc_fused",
-         "st_dora", "peft_dora", "st_dora_fused", "infer_st", "infer_peft", "st_lora_qv", "peft_lora_qv", "full",
-         "full_gc", "st_dora_recompute", "st_lora_reference", "profile:st_lora_fused"]
+ORDER = ["check", "st_lora_compiled", "peft_lora", "st_lora", "st_lora_gc_compiled", "peft_lora_gc", "st_lora_gc",
+         "st_dora_compiled", "peft_dora", "st_dora", "infer_st", "infer_peft", "st_lora_qv", "peft_lora_qv", "full",
+         "full_gc", "st_lora_fused", "st_lora_gc_fused", "st_dora_fused", "st_dora_recompute", "st_lora_reference",
+         "profile:st_lora_compiled"]
 
 
 # ----- model and timing ---------------------------------------------------------------------------------------
@@ -141,6 +145,8 @@ def adapt(model: nn.Module, library: str, method: str, targets: str, gc: bool) -
     adapted = st.adapt(model, st.LoraConfig(r=R, alpha=ALPHA, targets=names, use_dora=method == "dora"))
     if os.environ.get("BENCH_FUSE") == "1":
         kernels.fuse_model(adapted)
+    if os.environ.get("BENCH_COMPILE") == "1":
+        kernels.compile_blocks(adapted)
     return adapted, lambda ids: kernels.causal_lm_loss(adapted, ids, ids)
 
 
@@ -221,6 +227,17 @@ def infer_worker(library: str, args: argparse.Namespace) -> dict[str, Any]:
                 out["mixed8_reference_ms"] = timed(lambda: am(input_ids=ids, adapter_names=rows8))
             am.merge(["default"])
             out["merged_ms"] = timed(lambda: am(input_ids=ids))
+            am.unmerge()
+            if not args.tiny or torch.cuda.is_available():
+                kernels.compile_blocks(am)
+                with am.disabled():
+                    out["base_compiled_ms"] = timed(lambda: am(input_ids=ids))
+                out["unmerged_compiled_ms"] = timed(lambda: am(input_ids=ids))
+                out["mixed2_compiled_ms"] = timed(lambda: am(input_ids=ids, adapter_names=rows2))
+                out["mixed8_compiled_ms"] = timed(lambda: am(input_ids=ids, adapter_names=rows8))
+                for key in ("unmerged", "mixed2", "mixed8"):
+                    out[f"{key}_compiled_x_base"] = out[f"{key}_compiled_ms"] / out["base_ms"]
+                    out[f"{key}_compiled_x_base_compiled"] = out[f"{key}_compiled_ms"] / out["base_compiled_ms"]
     for key in ("merged", "unmerged", "mixed2", "mixed8"):
         out[f"{key}_x_base"] = out[f"{key}_ms"] / out["base_ms"]
     return out
@@ -249,17 +266,19 @@ def _loss_grads(model: Any, ids: torch.Tensor, fast: bool) -> tuple[torch.Tensor
     return loss.detach().float(), [p.grad.detach().float().clone() for p in model.trainable_parameters()]
 
 
-def _compare(bf16: Any, fp32: Any, ids: torch.Tensor, fuse: bool) -> dict[str, Any]:
-    """Errors of the bf16 fast (with fused blocks if ``fuse``) and bf16 reference paths against the float32
-    reference path."""
+def _compare(bf16: Any, fp32: Any, ids: torch.Tensor, fuse: bool | str) -> dict[str, Any]:
+    """Errors of the bf16 fast (with fused blocks if ``fuse``, compiled blocks if ``fuse == "compile"``) and
+    bf16 reference paths against the float32 reference path."""
     from slimtune import kernels
 
     ref32 = _loss_grads(fp32, ids, fast=False)
-    if fuse:
+    ref = _loss_grads(bf16, ids, fast=False)
+    if fuse == "compile":
+        kernels.compile_blocks(bf16)
+    elif fuse:
         kernels.fuse_model(bf16)
     fast = _loss_grads(bf16, ids, fast=True)
     kernels.unfuse_model(bf16)
-    ref = _loss_grads(bf16, ids, fast=False)
     grad_err = lambda got: max(_rel(g, w) for g, w in zip(got[1], ref32[1], strict=True))  # noqa: E731
     res = {"loss_fp32": ref32[0].item(), "loss_fast": fast[0].item(), "loss_reference": ref[0].item(),
            "loss_rel_err_fast": abs(fast[0].item() - ref32[0].item()) / abs(ref32[0].item()),
@@ -280,8 +299,10 @@ def check_worker(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"name": "check", "layers": 2, "batch": batch, "seq": seq}
     ids = torch.randint(0, 512 if args.tiny else 32000, (batch, seq), device=device(),
                         generator=torch.Generator(device=device()).manual_seed(3))
-    for case, dora, fuse in (("lora", False, False), ("dora", True, False), ("lora_fused", False, True),
-                             ("dora_fused", True, True)):
+    cases: tuple[tuple[str, bool, bool | str], ...] = (
+        ("lora", False, False), ("dora", True, False), ("lora_fused", False, True), ("dora_fused", True, True),
+        ("lora_compiled", False, "compile"), ("dora_compiled", True, "compile"))
+    for case, dora, fuse in cases:
         base = build_model(args.tiny, layers=2, dtype=torch.float32)
         fp32 = st.adapt(base, st.LoraConfig(r=R, alpha=ALPHA, use_dora=dora))
         randomize(fp32, seed=5)
@@ -385,7 +406,10 @@ def spawn(name: str, args: argparse.Namespace, timeout: float) -> dict[str, Any]
     return result
 
 
-PAIRS = [("LoRA r=16 all linear", "st_lora", "peft_lora"),
+PAIRS = [("LoRA r=16 all linear, compile_blocks", "st_lora_compiled", "peft_lora"),
+         ("LoRA all linear, grad ckpt, compile_blocks", "st_lora_gc_compiled", "peft_lora_gc"),
+         ("DoRA r=16 all linear, compile_blocks", "st_dora_compiled", "peft_dora"),
+         ("LoRA r=16 all linear", "st_lora", "peft_lora"),
          ("LoRA + fused norm/SwiGLU", "st_lora_fused", "peft_lora"),
          ("LoRA all linear, grad ckpt", "st_lora_gc", "peft_lora_gc"),
          ("LoRA grad ckpt + fused norm/SwiGLU", "st_lora_gc_fused", "peft_lora_gc"),
@@ -396,7 +420,7 @@ PAIRS = [("LoRA r=16 all linear", "st_lora", "peft_lora"),
          ("LoRA, slimtune reference path", "st_lora_reference", "peft_lora"),
          ("full fine-tuning (HF) vs PEFT LoRA", "full", "peft_lora"),
          ("full FT grad ckpt vs PEFT LoRA gc", "full_gc", "peft_lora_gc")]
-CHECKS = ("lora", "dora", "lora_fused", "dora_fused", "mixed", "cross_entropy")
+CHECKS = ("lora", "dora", "lora_fused", "dora_fused", "lora_compiled", "dora_compiled", "mixed", "cross_entropy")
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -411,7 +435,11 @@ def _infer_cell(res: dict[str, Any], key: str) -> str:
     if f"{key}_ms" not in res:
         return "-"
     times = f"{res[key + '_ms']:.1f}"
-    return times if key == "base" else f"{times} ({res[key + '_x_base']:.2f}x)"
+    if key.endswith("_compiled") and key != "base_compiled":
+        plain = key.removesuffix("_compiled")
+        x_base, x_compiled = res[plain + "_compiled_x_base"], res[plain + "_compiled_x_base_compiled"]
+        return f"{times} ({x_base:.2f}x base, {x_compiled:.2f}x compiled base)"
+    return times if key.startswith("base") else f"{times} ({res[key + '_x_base']:.2f}x)"
 
 
 def _check_line(check: dict[str, Any]) -> str:
@@ -434,7 +462,8 @@ def report(results: dict[str, dict[str, Any]]) -> list[str]:
                      f"{_ratio(a.get('tokens_per_s'), b.get('tokens_per_s'))} | "
                      f"{_ratio(a.get('peak_gib'), b.get('peak_gib'))} |")
     lines += ["", "| inference (ms, x own base) | slimtune | PEFT |", "| --- | --- | --- |"]
-    for key in ("base", "merged", "unmerged", "mixed2", "mixed8"):
+    for key in ("base", "merged", "unmerged", "mixed2", "mixed8", "base_compiled", "unmerged_compiled",
+                "mixed2_compiled", "mixed8_compiled"):
         lines.append(f"| {key} | {_infer_cell(results.get('infer_st', {}), key)} | "
                      f"{_infer_cell(results.get('infer_peft', {}), key)} |")
     if results.get("check"):

@@ -172,3 +172,67 @@ def test_gpu_fused_blocks_bf16() -> None:
     assert abs(loss.item() - ref_loss.item()) <= BF16_REL * abs(ref_loss.item())
     for got, want in zip(grads, ref_grads, strict=True):
         assert _rel(got, want) <= BF16_REL
+
+
+def test_fast_path_follows_every_change_of_layer_state() -> None:
+    """Each layer keeps its fast-path decision between calls: after every kind of state change it must
+    still give what the reference path gives (no stale adapter, no stale tensor)."""
+    model = _adapted(st.LoraConfig(r=4, alpha=8, dropout=0.2))
+    model.add_adapter("second", st.LoraConfig(r=3, alpha=6, use_dora=True))
+    randomize_adapters(model, seed=8)
+    ids = _ids()
+
+    def check(label: str) -> torch.Tensor:
+        torch.manual_seed(3)
+        with torch.no_grad(), kernels.fast_paths(True):
+            fast = model(input_ids=ids).logits
+        torch.manual_seed(3)
+        with torch.no_grad(), kernels.fast_paths(False):
+            ref = model(input_ids=ids).logits
+        torch.testing.assert_close(fast, ref, **FP32, msg=lambda m: f"{label}: {m}")
+        return fast
+
+    model.eval()
+    first = check("default adapter")
+    model.set_active("second")
+    assert not torch.allclose(check("switched to the DoRA adapter"), first)
+    with model.disabled():
+        check("disabled")
+    model.set_active("default")
+    model.train()
+    check("training mode, dropout on")
+    model.eval()
+    model.merge(["default"])
+    check("merged")
+    model.unmerge()
+    check("unmerged")  # each change below comes after a forward in the same state
+    layer = next(m for m in model.modules() if isinstance(m, st.methods.lora_layers.LoraLinear))
+    fresh = {k: torch.randn_like(v) for k, v in layer.lora_B["default"].state_dict().items()}
+    layer.lora_B["default"].load_state_dict(fresh, assign=True)  # a new Parameter object
+    assert not torch.allclose(check("parameter replaced"), first)
+    model.delete_adapter("default")
+    model.add_adapter("default", st.LoraConfig(r=2, alpha=4))
+    randomize_adapters(model, seed=9)
+    model.set_active("default")
+    check("adapter deleted and added again")
+    model.train()
+    check("training again")
+    layer.lora_dropout["default"] = nn.Dropout(0.5)  # a module swapped in place: no parameter registered
+    check("dropout module swapped")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["lora", "dora"])
+def test_compiled_blocks_give_the_eager_loss_and_gradients(case: str) -> None:
+    """compile_blocks traces the LoRA / DoRA layers' custom autograd with no graph break."""
+    import torch._dynamo.utils
+
+    model = _adapted(CASES[case]()).train()
+    want = _loss_and_grads(model, _ids(), fast=True)
+    assert kernels.compile_blocks(model) == model.config.num_hidden_layers
+    torch._dynamo.utils.counters.clear()
+    got = _loss_and_grads(model, _ids(), fast=True)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    torch.testing.assert_close(got[0], want[0], **FP32)
+    for g, w in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(g, w, **FP32)

@@ -4,6 +4,7 @@
 - ``dora_linear``: the same for DoRA, with the row norm computed once per call and no (out, in) temporary.
 - ``linear_cross_entropy`` / ``causal_lm_loss``: the LM head's loss in chunks, never the whole logits.
 - ``gathered_lora``: mixed-adapter batches (one adapter per row) in two products, BGMV/SGMV-style.
+- ``compile_blocks``: every transformer block through ``torch.compile``, adapters included.
 - ``fuse_model``: RMSNorm and the SwiGLU product of Llama-style decoders as one compiled kernel each way.
 
 ``config.use_fast(True | False | None)`` or ``SLIMTUNE_KERNELS=auto|fast|reference`` picks the path; ``auto``
@@ -12,13 +13,14 @@ beat the unfused module chain without Triton (see benchmarks/gpu_lora.py).
 """
 
 from slimtune.kernels.config import dora_recompute, enabled, fast_paths, mode, set_dora_recompute, use_fast
-from slimtune.kernels.fusions import fuse_model, unfuse_model
+from slimtune.kernels.fusions import compile_blocks, fuse_model, unfuse_model
 from slimtune.kernels.gathered import gathered_lora, row_scales
 from slimtune.kernels.lora import dora_linear, dora_norm, lora_linear
 from slimtune.kernels.loss import causal_lm_loss, linear_cross_entropy, linear_cross_entropy_reference
 
 __all__ = [
     "causal_lm_loss",
+    "compile_blocks",
     "dora_linear",
     "dora_norm",
     "dora_recompute",

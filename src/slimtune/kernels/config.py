@@ -2,7 +2,8 @@
 
 The mode comes from ``use_fast(True | False | None)`` when it was called, else from the environment variable
 ``SLIMTUNE_KERNELS`` (``auto``, ``fast`` or ``reference``; default ``auto``). ``auto`` takes the fast path
-for tensors on a CUDA device and the reference elsewhere; ``fast`` takes it everywhere it applies (the fast
+for tensors on a CUDA device, and on the CPU where no gradient is being recorded (inference: the fused
+products save one (N, out) pass per layer there too); ``fast`` takes it everywhere it applies (the fast
 paths are torch ops under custom autograd, so they also run on CPU, which is how CPU tests reach them).
 """
 
@@ -26,10 +27,15 @@ def mode() -> Mode:
     """The mode in force: the one set by ``use_fast``, else ``SLIMTUNE_KERNELS``, else ``auto``."""
     if _forced is not None:
         return _forced
+    if torch.compiler.is_compiling():  # read the environment when the graph is traced, not inside it
+        return _traced_mode
     value = os.environ.get("SLIMTUNE_KERNELS", "auto").strip().lower() or "auto"
     if value not in _MODES:
         raise ConfigError(f"SLIMTUNE_KERNELS must be one of {list(_MODES)}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+_traced_mode: Mode = "auto"
 
 
 def use_fast(flag: bool | None) -> None:
@@ -59,7 +65,7 @@ def enabled(x: torch.Tensor) -> bool:
         return False
     if torch.is_autocast_enabled(x.device.type):
         return False  # the fast paths assume one dtype throughout; autocast mixes them
-    return chosen == "fast" or x.is_cuda
+    return chosen == "fast" or x.is_cuda or not torch.is_grad_enabled()
 
 
 _dora_recompute = os.environ.get("SLIMTUNE_DORA_RECOMPUTE", "0") not in ("", "0", "false", "False")

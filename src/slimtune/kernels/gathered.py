@@ -29,7 +29,8 @@ def _stack(lora_a: Sequence[torch.Tensor], lora_b: Sequence[torch.Tensor]) -> tu
     """(R, in) and (out, R); cached by storage and version when no gradient flows through them (inference
     tensors, which keep no version, are stacked afresh)."""
     tensors = (*lora_a, *lora_b)
-    if any(t.is_inference() or (torch.is_grad_enabled() and t.requires_grad) for t in tensors):
+    if torch.compiler.is_compiling() or any(t.is_inference() or (torch.is_grad_enabled() and t.requires_grad)
+                                            for t in tensors):
         return torch.cat(list(lora_a), 0), torch.cat(list(lora_b), 1)
     key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
     hit = _stacks.get(key)
@@ -43,18 +44,25 @@ def row_scales(rows: Sequence[str | None], names: Sequence[str], ranks: Sequence
                device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(len(rows), R): adapter ``names[i]``'s scaling on its own ``ranks[i]`` columns of the rows it serves."""
     key = (tuple(rows), tuple(names), tuple(ranks), tuple(scalings), device, dtype)
+    if torch.compiler.is_compiling():  # a constant of the traced graph
+        return _row_table(rows, names, ranks, scalings).to(device=device, dtype=dtype)
     hit = _masks.get(key)
     if hit is None:
-        table = torch.zeros(len(rows), sum(ranks), dtype=torch.float32)
-        starts = [sum(ranks[:i]) for i in range(len(ranks))]
-        where = {n: i for i, n in enumerate(names)}
-        for row, name in enumerate(rows):
-            i = where.get(name) if name is not None else None
-            if i is not None:
-                table[row, starts[i]:starts[i] + ranks[i]] = scalings[i]
-        hit = table.to(device=device, dtype=dtype)
+        hit = _row_table(rows, names, ranks, scalings).to(device=device, dtype=dtype)
         _remember(_masks, key, hit)
     return hit
+
+
+def _row_table(rows: Sequence[str | None], names: Sequence[str], ranks: Sequence[int],
+               scalings: Sequence[float]) -> torch.Tensor:
+    starts = [sum(ranks[:i]) for i in range(len(ranks))]
+    where = {n: i for i, n in enumerate(names)}
+    values = [[0.0] * sum(ranks) for _ in rows]
+    for row, name in enumerate(rows):
+        i = where.get(name) if name is not None else None
+        if i is not None:
+            values[row][starts[i]:starts[i] + ranks[i]] = [scalings[i]] * ranks[i]
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def gathered_lora(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: Sequence[torch.Tensor],

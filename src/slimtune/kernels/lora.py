@@ -30,19 +30,24 @@ def _lora_out(x2: torch.Tensor, xd2: torch.Tensor, weight: torch.Tensor, bias: t
     return torch.addmm(low, x2, weight.t()), xa
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, t.shape[-1])
-
 
 class _LoraLinear(torch.autograd.Function):
-    """On flattened (N, in) inputs; ``xd`` is the same tensor as ``x`` when dropout is the identity."""
+    """On flattened (N, in) inputs; ``xd`` is None when dropout is the identity (the adapter reads ``x``)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, xd: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
-        y, xa = _lora_out(x, xd, weight, bias, lora_a, lora_b, scaling)
-        ctx.save_for_backward(xd, xa, weight, lora_a, lora_b)
-        ctx.same, ctx.scaling = xd is x, scaling
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        xd: torch.Tensor | None,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+    ) -> torch.Tensor:
+        y, xa = _lora_out(x, x if xd is None else xd, weight, bias, lora_a, lora_b, scaling)
+        ctx.save_for_backward(x if xd is None else xd, xa, weight, lora_a, lora_b)
+        ctx.same, ctx.scaling = xd is None, scaling
         return y
 
     @staticmethod
@@ -55,7 +60,7 @@ class _LoraLinear(torch.autograd.Function):
         grad_b = torch.mm(g.t(), xa) if need_b else None  # (out, r)
         grad_bias = g.sum(0) if need_bias else None
         grad_x = grad_xd = None
-        if ctx.same:  # x and xd are one input: autograd sums both slots, so give the whole gradient once
+        if ctx.same:  # the adapter read x itself: its gradient joins the base's
             grad_x = torch.addmm(torch.mm(u, lora_a), g, weight) if need_x else None
         else:
             grad_x = torch.mm(g, weight) if need_x else None
@@ -70,87 +75,118 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ``xd`` is the adapter's input after dropout (default: ``x`` itself, and then nothing extra is saved).
     Without gradients it runs the same three products with no autograd bookkeeping.
     """
-    x2 = _flat(x)
-    xd2 = x2 if xd is None or xd is x else _flat(xd)
-    tensors = (x2, xd2, weight, bias, lora_a, lora_b)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        y = _LoraLinear.apply(x2, xd2, weight, bias, lora_a, lora_b, scaling)
+    x2 = x.reshape(-1, x.shape[-1])
+    xd2 = x2 if xd is None or xd is x else xd.reshape(-1, xd.shape[-1])
+    if torch.is_grad_enabled() and (x2.requires_grad or xd2.requires_grad or lora_a.requires_grad
+                                    or lora_b.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        y = _LoraLinear.apply(x2, None if xd2 is x2 else xd2, weight, bias, lora_a, lora_b, scaling)
     else:
         y = _lora_out(x2, xd2, weight, bias, lora_a, lora_b, scaling)[0]
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
-@torch.no_grad()
-def dora_norm(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
-    """||W + s B A|| per output row in (at least) float32, as sqrt(|W|^2 + 2 s <W, BA> + s^2 |BA|^2) row-wise.
+def _weight_sq(weight: torch.Tensor, acc: torch.dtype, cache: dict | None) -> torch.Tensor:
+    """|W|^2 per row; W is frozen, so a caller's ``cache`` keeps it while W's storage and version stay."""
+    if cache is None or torch.compiler.is_compiling() or weight.is_inference():  # (no version to check against)
+        return torch.linalg.vector_norm(weight, dim=1, dtype=acc).square()
+    key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), acc)
+    if cache.get("key") != key:
+        cache["key"], cache["value"] = key, torch.linalg.vector_norm(weight, dim=1, dtype=acc).square_()
+    return cache["value"]
 
-    Reads W twice (its row norms and the skinny product W A^T) and never forms the (out, in) sum.
+
+def dora_norm(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
+              cache: dict | None = None) -> torch.Tensor:
+    """||W + s B A|| per output row in (at least) float32, as sqrt(|W|^2 + b_j . (2 s (W A^T)_j + s^2 (B A A^T)_j)).
+
+    Reads W once (the skinny product W A^T; its row norms are kept in ``cache`` between calls) and never forms
+    the (out, in) sum; the rest works on (out, r) tensors in a handful of kernels. A constant: no gradient.
     """
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return dora_norm(weight, lora_a, lora_b, scaling, cache)
     acc = torch.promote_types(weight.dtype, torch.float32)
-    wsq = torch.linalg.vector_norm(weight, dim=1, dtype=acc).square()  # (out,)
     a, b = lora_a.to(acc), lora_b.to(acc)
     wa = torch.mm(weight, lora_a.t()).to(acc)  # (out, r)
-    cross = (b * wa).sum(1)
-    ba_sq = (torch.mm(b, torch.mm(a, a.t())) * b).sum(1)  # |(BA)_j|^2 = b_j (A A^T) b_j^T
-    return (wsq + 2.0 * scaling * cross + scaling * scaling * ba_sq).clamp_min(_TINY).sqrt()
+    q = torch.addmm(wa, b, torch.mm(a, a.t()), beta=2.0 * scaling, alpha=scaling * scaling)  # 2s WA + s^2 B AA^T
+    return (torch.linalg.vecdot(b, q) + _weight_sq(weight, acc, cache)).clamp_min(_TINY).sqrt()
+
+
+def _dora_scales(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, magnitude: torch.Tensor,
+                 scaling: float, dtype: torch.dtype, cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m / ||W + s B A|| in ``dtype``, 1 / (that scale times the norm) in float32, zero where the scale is)."""
+    norm = dora_norm(weight, lora_a, lora_b, scaling, cache)
+    scale = (magnitude.detach().to(norm.dtype) / norm).to(dtype)
+    inv = (scale.to(norm.dtype) * norm).reciprocal().nan_to_num(posinf=0.0, neginf=0.0)  # 1/m, 0 where m is 0
+    return scale, inv
 
 
 def _dora_out(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
-              lora_b: torch.Tensor, scale: torch.Tensor, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale * (x W^T + s x A^T B^T) + b, x A^T) with the per-row scale folded into W and B, so no (N, out)
-    pass is spent on it: ``diag(scale) W`` is smaller than the activations whenever N > in."""
+              lora_b: torch.Tensor, scale: torch.Tensor, scaling: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scale * (x W^T + s x A^T B^T) + b, x A^T, diag(scale) W, s diag(scale) B): the per-row scale is folded
+    into W and B, so no (N, out) pass is spent on it (``diag(scale) W`` is smaller than the activations
+    whenever N > in)."""
     xa = torch.mm(x, lora_a.t())  # (N, r)
-    b_scaled = lora_b * (scale * scaling)[:, None]  # (out, r)
+    b_scaled = lora_b * (scale * scaling).unsqueeze(1)  # (out, r)
+    w_scaled = weight * scale.unsqueeze(1)  # (out, in)
     low = torch.mm(xa, b_scaled.t()) if bias is None else torch.addmm(bias, xa, b_scaled.t())  # (N, out)
-    return torch.addmm(low, x, (weight * scale[:, None]).t()), xa
+    return torch.addmm(low, x, w_scaled.t()), xa, w_scaled, b_scaled
 
 
 class _DoraLinear(torch.autograd.Function):
-    """On flattened (N, in) inputs; the magnitude's gradient sum_n g (y - b) / (scale norm) reuses the output."""
+    """On flattened (N, in) inputs; the magnitude's gradient sum_n g (y - b) / (scale norm) reuses the output.
+
+    Saves ``diag(scale) W`` from the forward (weight-sized, freed after backward) unless ``recompute``, which
+    keeps nothing weight- or (N, out)-sized and redoes both in backward."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
-                lora_b: torch.Tensor, magnitude: torch.Tensor, scaling: float, recompute: bool) -> torch.Tensor:
-        norm = dora_norm(weight, lora_a, lora_b, scaling)  # (out,) float32, a constant (DoRA section 4.3)
-        scale = (magnitude.to(norm.dtype) / norm).to(x.dtype)  # (out,)
-        y, xa = _dora_out(x, weight, bias, lora_a, lora_b, scale, scaling)
-        ctx.save_for_backward(x, xa, weight, bias, lora_a, lora_b, norm, scale, None if recompute else y)
+                lora_b: torch.Tensor, magnitude: torch.Tensor, scaling: float, recompute: bool,
+                cache: dict | None) -> torch.Tensor:
+        scale, inv = _dora_scales(weight, lora_a, lora_b, magnitude, scaling, x.dtype, cache)
+        y, xa, w_scaled, b_scaled = _dora_out(x, weight, bias, lora_a, lora_b, scale, scaling)
+        if recompute:
+            ctx.save_for_backward(x, xa, weight, bias, lora_a, lora_b, scale, inv, None, None, None)
+        else:
+            ctx.save_for_backward(x, xa, None, bias, lora_a, None, scale, inv, w_scaled, b_scaled, y)
         ctx.scaling, ctx.recompute = scaling, recompute
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, xa, weight, bias, lora_a, lora_b, norm, scale, kept = ctx.saved_tensors
-        need_x, _, need_bias, need_a, need_b, need_m, _, _ = ctx.needs_input_grad
+        need_x, _, need_bias, need_a, need_b, need_m, _, _, _ = ctx.needs_input_grad
+        x, xa, weight, bias, lora_a, lora_b, scale, inv, w_scaled, b_scaled, y = ctx.saved_tensors
+        if ctx.recompute:
+            y, _, w_scaled, b_scaled = _dora_out(x, weight, bias, lora_a, lora_b, scale, ctx.scaling)
         g = grad.contiguous()  # (N, out)
-        s = ctx.scaling
         grad_m = None
-        if need_m:
-            y = _dora_out(x, weight, bias, lora_a, lora_b, scale, s)[0] if ctx.recompute else kept
+        if need_m:  # sum_n g (y - b) / (scale norm)
             out = y if bias is None else y - bias
-            denom = scale.to(norm.dtype) * norm  # = m up to rounding; a zero scale gets no gradient
-            gy = (g * out).sum(0, dtype=norm.dtype)
-            grad_m = torch.where(denom != 0, gy / denom, 0.0).to(scale.dtype)
-        u = torch.mm(g, lora_b * (scale * s)[:, None])  # (N, r) = s (g diag(scale)) B
+            grad_m = (g * out).sum(0, dtype=inv.dtype).mul_(inv).to(y.dtype)
+        u = torch.mm(g, b_scaled)  # (N, r) = s (g diag(scale)) B
         grad_a = torch.mm(u.t(), x) if need_a else None  # (r, in)
-        grad_b = torch.mm(g.t(), xa).mul_((scale * s)[:, None]) if need_b else None  # (out, r)
-        grad_x = torch.addmm(torch.mm(u, lora_a), g, weight * scale[:, None]) if need_x else None
+        grad_b = torch.mm(g.t(), xa).mul_((scale * ctx.scaling).unsqueeze(1)) if need_b else None  # (out, r)
+        grad_x = torch.addmm(torch.mm(u, lora_a), g, w_scaled) if need_x else None
         grad_bias = g.sum(0) if need_bias else None
-        return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None, None
+        return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None, None, None
 
 
 def dora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
-                lora_b: torch.Tensor, magnitude: torch.Tensor, scaling: float, recompute: bool = False) -> torch.Tensor:
+                lora_b: torch.Tensor, magnitude: torch.Tensor, scaling: float, recompute: bool = False,
+                cache: dict | None = None) -> torch.Tensor:
     """DoRA's output ``m / ||W + s B A||_row * (x W^T + s x A^T B^T) + b`` (no dropout on the adapter input).
 
-    ``recompute=True`` keeps nothing of size (N, out) for the magnitude's gradient and redoes the base matmul
-    in backward instead; the default recovers it from the output.
+    ``recompute=True`` keeps nothing of size (N, out) or (out, in) for backward and redoes the base matmul
+    there instead; the default recovers the magnitude's gradient from the output. ``cache``, a dict the caller
+    keeps per weight, holds W's row norms between calls (W is frozen).
     """
-    x2 = _flat(x)
-    tensors = (x2, weight, bias, lora_a, lora_b, magnitude)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        y = _DoraLinear.apply(x2, weight, bias, lora_a, lora_b, magnitude, scaling, recompute)
+    x2 = x.reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled() and (x2.requires_grad or lora_a.requires_grad or lora_b.requires_grad
+                                    or magnitude.requires_grad or (bias is not None and bias.requires_grad)):
+        y = _DoraLinear.apply(x2, weight, bias, lora_a, lora_b, magnitude, scaling, recompute, cache)
     else:
-        norm = dora_norm(weight, lora_a, lora_b, scaling)
-        y = _dora_out(x2, weight, bias, lora_a, lora_b, (magnitude.to(norm.dtype) / norm).to(x.dtype), scaling)[0]
+        scale = _dora_scales(weight, lora_a, lora_b, magnitude, scaling, x.dtype, cache)[0]
+        y = _dora_out(x2, weight, bias, lora_a, lora_b, scale, scaling)[0]
     return y.view(*x.shape[:-1], y.shape[-1])

@@ -29,6 +29,19 @@ if TYPE_CHECKING:
     from slimtune.methods.lora import LoraConfig
 
 
+# Counts parameter (re)registrations anywhere (load_state_dict(assign=True), FSDP sharding, new modules): a
+# layer's cached fast-path plan holds parameters, so any such change makes every plan be decided afresh.
+# (Module registrations cannot be counted the same way: transformers slices a ModuleList in every forward.)
+_registrations = [0]
+
+
+def _registered(*_: Any) -> None:
+    _registrations[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_registered)
+
+
 def _weight(module: nn.Module) -> torch.Tensor:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
@@ -119,6 +132,10 @@ class LoraLinear(_LoraBase):
         self.init_A = nn.ParameterDict()  # PiSSA / OLoRA: frozen starting point
         self.init_B = nn.ParameterDict()
         self._merged_dora: dict[str, torch.Tensor] = {}  # exactly what merging DoRA added, (out, in)
+        # the fast path's decision for the layer state in _plan_key (see _fast_forward)
+        self._plan_key: tuple | None = None
+        self._plan: tuple | None = None
+        self._norm_cache: dict = {}  # DoRA: |W|^2 per row, W being frozen (kernels.dora_linear)
 
     def base_weight(self) -> torch.Tensor:
         """The base weight in (out, in) orientation, float32, detached."""
@@ -187,29 +204,67 @@ class LoraLinear(_LoraBase):
 
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor | None:
         """slimtune.kernels' path for a plain nn.Linear base holding plain LoRA (or, alone, DoRA) adapters of
-        x's dtype; None where the reference path must run (PiSSA/OLoRA, bias offsets, Conv1D, stacked layers)."""
-        base = self.base_layer
-        if self.disabled or type(base) is not nn.Linear or base.weight.dtype != x.dtype:
+        x's dtype; None where the reference path must run (PiSSA/OLoRA, bias offsets, Conv1D, stacked layers).
+
+        What to run is decided once per layer state (active, merged, disabled, training, mixed-batch rows, and
+        parameters registered anywhere, which adding an adapter does) and kept, so a training step spends no
+        Python time re-deciding it in every layer."""
+        rows = self.row_adapters
+        if torch.compiler.is_compiling():  # a traced graph specialises on the layer state itself
+            return self._run_plan(x, self._decide(), rows)
+        key = (self.active, tuple(self.merged), self.disabled, self.training, _registrations[0],
+               None if rows is None else tuple(rows))
+        plan = self._plan if self._plan_key == key else self._make_plan(key)
+        if plan is not None and not self._current(plan):  # a module swapped in since (base, dropout)
+            plan = self._make_plan(key)
+        return self._run_plan(x, plan, rows)
+
+    def _run_plan(self, x: torch.Tensor, plan: tuple | None, rows: list[str | None] | None) -> torch.Tensor | None:
+        if plan is None:
             return None
+        _, kind, weight, bias, a, b, extra, scaling = plan
+        if weight.dtype != x.dtype or a.dtype != weight.dtype:  # a cast since the plan was made
+            return None
+        if kind == "lora":
+            drop = extra[1]
+            xd = drop(x) if self.training and not isinstance(drop, nn.Identity) else x
+            return kernels.lora_linear(x, weight, bias, a, b, scaling, xd=xd)
+        if kind == "dora":
+            return kernels.dora_linear(x, weight, bias, a, b, extra, scaling, recompute=kernels.dora_recompute(),
+                                       cache=self._norm_cache)
+        names, a_list, b_list, scalings = extra
+        if len(rows or ()) != x.shape[0]:
+            return None
+        return kernels.gathered_lora(x, weight, bias, a_list, b_list, scalings, names, rows)  # type: ignore[arg-type]
+
+    def _current(self, plan: tuple) -> bool:
+        return plan[0] is self.base_layer and (plan[1] != "lora" or plan[6][1] is self.lora_dropout[plan[6][0]])
+
+    def _make_plan(self, key: tuple) -> tuple | None:
+        self._plan_key, self._plan = key, self._decide()
+        return self._plan
+
+    def _decide(self) -> tuple | None:
+        base = self.base_layer
+        if self.disabled or type(base) is not nn.Linear:
+            return None
+        weight, bias = base.weight, base.bias
         if self.row_adapters is not None:
             names = [n for n in dict.fromkeys(self.row_adapters) if n is not None and n in self.r]
-            if len(self.row_adapters) != x.shape[0] or not all(self._fast_ok(n, dora=False) for n in names):
+            if not all(self._fast_ok(n, dora=False) for n in names):
                 return None
-            return kernels.gathered_lora(x, base.weight, base.bias, [_linear(self.lora_A, n).weight for n in names],
-                                         [_linear(self.lora_B, n).weight for n in names],
-                                         [self.scaling[n] for n in names], names, self.row_adapters)
+            extra = (names, [_linear(self.lora_A, n).weight for n in names],
+                     [_linear(self.lora_B, n).weight for n in names], [self.scaling[n] for n in names])
+            return (base, "mixed", weight, bias, weight, weight, extra, 1.0)
         todo = [n for n in self.active if n not in self.merged]
         if len(todo) != 1 or not self._fast_ok(todo[0], dora=True):
             return None
         name = todo[0]
         a, b = _linear(self.lora_A, name).weight, _linear(self.lora_B, name).weight
         if name in self.lora_magnitude_vector:
-            m = cast(Magnitude, self.lora_magnitude_vector[name]).weight
-            return kernels.dora_linear(x, base.weight, base.bias, a, b, m, self.scaling[name],
-                                       recompute=kernels.dora_recompute())
-        drop = self.lora_dropout[name]
-        xd = drop(x) if self.training and not isinstance(drop, nn.Identity) else x
-        return kernels.lora_linear(x, base.weight, base.bias, a, b, self.scaling[name], xd=xd)
+            magnitude = cast(Magnitude, self.lora_magnitude_vector[name]).weight
+            return (base, "dora", weight, bias, a, b, magnitude, self.scaling[name])
+        return (base, "lora", weight, bias, a, b, (name, self.lora_dropout[name]), self.scaling[name])
 
     def _fast_ok(self, name: str, dora: bool) -> bool:
         if name in self.init_A or name in self.bias_offsets:
