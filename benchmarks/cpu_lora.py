@@ -36,7 +36,9 @@ from slimtune.embedded.models import load_smollm2
 RESULTS = Path(__file__).parent / "results" / "cpu_lora.json"
 SIDES = ("slimtune", "peft")
 BATCH, SEQ, RANK, ALPHA, LR, SEED = 8, 128, 16, 32, 1e-4, 0
-LOGITS_TOL = 1e-4
+# max |slimtune - PEFT| over the logits' scale: float32 rounding of a different (fused) product order across 30
+# layers, the SCALED_TOL the tests use for deep real models
+LOGITS_TOL = 1e-5
 
 
 # ----- helpers shared by the workers ---------------------------------------------------------------------------
@@ -155,7 +157,7 @@ def _logits_check(base: nn.Module, slim: st.AdaptedModel, pm: Any, ids: torch.Te
         pm.unmerge_adapter()
     return {"unmerged_max_abs_diff": float((ls - lp).abs().max()), "merged_max_abs_diff": float((ms - mp).abs().max()),
             "slimtune_merged_vs_unmerged": float((ms - ls).abs().max()),
-            "adapter_vs_base_max_abs_diff": float((ls - lb).abs().max())}
+            "adapter_vs_base_max_abs_diff": float((ls - lb).abs().max()), "logits_scale": float(lp.abs().max())}
 
 
 def _forward_phase(runs: dict[str, nn.Module], ids: torch.Tensor, reps: int) -> dict[str, list[float]]:
@@ -247,8 +249,8 @@ def _targets(train: dict[str, dict[str, Any]], fwd: dict[str, Any]) -> dict[str,
         "step_time_no_worse": s["step_median_s"] <= p["step_median_s"],
         "peak_memory_no_worse": s["peak_rss_mib"] <= p["peak_rss_mib"],
         "unmerged_overhead_at_most_peft": fwd["unmerged_over_base"]["slimtune"] <= fwd["unmerged_over_base"]["peft"],
-        "logits_agree": max(fwd["logits_check"]["unmerged_max_abs_diff"],
-                            fwd["logits_check"]["merged_max_abs_diff"]) <= LOGITS_TOL,
+        "logits_agree": max(fwd["logits_check"]["unmerged_max_abs_diff"], fwd["logits_check"]["merged_max_abs_diff"])
+        <= LOGITS_TOL * max(fwd["logits_check"]["logits_scale"], 1.0),
     }
 
 
@@ -276,7 +278,8 @@ def _table(train: dict[str, dict[str, Any]], fwd: dict[str, Any]) -> str:
     ]
     chk = fwd["logits_check"]
     lines.append(f"logits max|slimtune-peft|: unmerged {chk['unmerged_max_abs_diff']:.2e}, merged "
-                 f"{chk['merged_max_abs_diff']:.2e} (tol {LOGITS_TOL:g}); adapter vs base "
+                 f"{chk['merged_max_abs_diff']:.2e} (tol {LOGITS_TOL:g} x scale {chk['logits_scale']:.1f}); "
+                 "adapter vs base "
                  f"{chk['adapter_vs_base_max_abs_diff']:.2e}")
     return "\n".join(lines)
 

@@ -126,9 +126,9 @@ def test_mode_switches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLIMTUNE_KERNELS", "fast")
     assert kernels.enabled(cpu)
     monkeypatch.setenv("SLIMTUNE_KERNELS", "auto")
-    assert not kernels.enabled(cpu)  # CPU training: the reference path
+    assert not kernels.enabled(cpu, "dora") and kernels.enabled(cpu, "lora")  # CPU training: LoRA only
     with torch.no_grad():
-        assert kernels.enabled(cpu)  # CPU inference: the fused products
+        assert kernels.enabled(cpu, "dora")  # CPU inference: every fused product
     with kernels.fast_paths(True):
         assert kernels.mode() == "fast"
         with kernels.fast_paths(False):

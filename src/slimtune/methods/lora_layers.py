@@ -199,7 +199,7 @@ class LoraLinear(_LoraBase):
         return out
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        fast = self._fast_forward(x) if not (args or kwargs) and kernels.enabled(x) else None
+        fast = None if args or kwargs or kernels.mode() == "reference" else self._fast_forward(x)
         return fast if fast is not None else super().forward(x, *args, **kwargs)
 
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -220,7 +220,7 @@ class LoraLinear(_LoraBase):
         return self._run_plan(x, plan, rows)
 
     def _run_plan(self, x: torch.Tensor, plan: tuple | None, rows: list[str | None] | None) -> torch.Tensor | None:
-        if plan is None:
+        if plan is None or not kernels.enabled(x, plan[1]):
             return None
         _, kind, weight, bias, a, b, extra, scaling = plan
         if weight.dtype != x.dtype or a.dtype != weight.dtype:  # a cast since the plan was made
