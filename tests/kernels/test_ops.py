@@ -126,7 +126,7 @@ def test_mode_switches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLIMTUNE_KERNELS", "fast")
     assert kernels.enabled(cpu)
     monkeypatch.setenv("SLIMTUNE_KERNELS", "auto")
-    assert not kernels.enabled(cpu, "dora") and kernels.enabled(cpu, "lora")  # CPU training: LoRA only
+    assert not kernels.enabled(cpu, "dora") and not kernels.enabled(cpu, "lora")  # CPU training: reference
     with torch.no_grad():
         assert kernels.enabled(cpu, "dora")  # CPU inference: every fused product
     with kernels.fast_paths(True):
