@@ -236,3 +236,17 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(case: str) -> None:
     torch.testing.assert_close(got[0], want[0], **FP32)
     for g, w in zip(got[1], want[1], strict=True):
         torch.testing.assert_close(g, w, **FP32)
+
+
+def test_mixed_batch_where_a_layer_holds_none_of_the_rows_adapters() -> None:
+    model = _adapted(st.LoraConfig(r=4, alpha=8, targets=("q_proj",)))
+    model.add_adapter("other", st.LoraConfig(r=2, alpha=4, targets=("v_proj",)))
+    randomize_adapters(model, seed=12)
+    model.eval()
+    rows = ["default", None, "default"]
+    with torch.no_grad():
+        with kernels.fast_paths(False):
+            want = model(input_ids=_ids(), adapter_names=rows).logits
+        with kernels.fast_paths(True):
+            got = model(input_ids=_ids(), adapter_names=rows).logits
+    torch.testing.assert_close(got, want, **FP32)

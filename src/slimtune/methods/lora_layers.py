@@ -251,8 +251,8 @@ class LoraLinear(_LoraBase):
         weight, bias = base.weight, base.bias
         if self.row_adapters is not None:
             names = [n for n in dict.fromkeys(self.row_adapters) if n is not None and n in self.r]
-            if not all(self._fast_ok(n, dora=False) for n in names):
-                return None
+            if not names or not all(self._fast_ok(n, dora=False) for n in names):
+                return None  # (no row uses an adapter of this layer: the base alone, on the reference path)
             extra = (names, [_linear(self.lora_A, n).weight for n in names],
                      [_linear(self.lora_B, n).weight for n in names], [self.scaling[n] for n in names])
             return (base, "mixed", weight, bias, weight, weight, extra, 1.0)
