@@ -36,9 +36,11 @@ from slimtune.embedded.models import load_smollm2
 RESULTS = Path(__file__).parent / "results" / "cpu_lora.json"
 SIDES = ("slimtune", "peft")
 BATCH, SEQ, RANK, ALPHA, LR, SEED = 8, 128, 16, 32, 1e-4, 0
-# max |slimtune - PEFT| over the logits' scale: float32 rounding of a different (fused) product order across 30
-# layers, the SCALED_TOL the tests use for deep real models
-LOGITS_TOL = 1e-5
+# parity with PEFT: max |slimtune - PEFT| of the logits on slimtune's reference path (the same product order as
+# PEFT's: exactly equal so far); the fused inference path's own deviation from it is reported beside, relative to
+# the logits' scale (float32 rounding of another product order through 30 layers)
+LOGITS_TOL = 1e-4
+FUSED_REL_TOL = 1e-4
 
 
 # ----- helpers shared by the workers ---------------------------------------------------------------------------
@@ -148,16 +150,23 @@ def _timed(fn: Callable[[], torch.Tensor]) -> float:
 
 
 def _logits_check(base: nn.Module, slim: st.AdaptedModel, pm: Any, ids: torch.Tensor) -> dict[str, float]:
+    from slimtune import kernels
+
     with torch.inference_mode():
-        lb, ls, lp = (m(input_ids=ids).logits for m in (base, slim, pm))
+        lb, lp = base(input_ids=ids).logits, pm(input_ids=ids).logits
+        lf = slim(input_ids=ids).logits  # the default (fused) inference path
+        with kernels.fast_paths(False):
+            ls = slim(input_ids=ids).logits
         slim.merge()
         pm.merge_adapter()
         ms, mp = slim(input_ids=ids).logits, pm(input_ids=ids).logits
         slim.unmerge()
         pm.unmerge_adapter()
+    scale = float(lp.abs().max())
     return {"unmerged_max_abs_diff": float((ls - lp).abs().max()), "merged_max_abs_diff": float((ms - mp).abs().max()),
+            "fused_vs_reference_rel": float((lf - ls).abs().max()) / max(scale, 1.0),
             "slimtune_merged_vs_unmerged": float((ms - ls).abs().max()),
-            "adapter_vs_base_max_abs_diff": float((ls - lb).abs().max()), "logits_scale": float(lp.abs().max())}
+            "adapter_vs_base_max_abs_diff": float((ls - lb).abs().max()), "logits_scale": scale}
 
 
 def _forward_phase(runs: dict[str, nn.Module], ids: torch.Tensor, reps: int) -> dict[str, list[float]]:
@@ -249,8 +258,9 @@ def _targets(train: dict[str, dict[str, Any]], fwd: dict[str, Any]) -> dict[str,
         "step_time_no_worse": s["step_median_s"] <= p["step_median_s"],
         "peak_memory_no_worse": s["peak_rss_mib"] <= p["peak_rss_mib"],
         "unmerged_overhead_at_most_peft": fwd["unmerged_over_base"]["slimtune"] <= fwd["unmerged_over_base"]["peft"],
-        "logits_agree": max(fwd["logits_check"]["unmerged_max_abs_diff"], fwd["logits_check"]["merged_max_abs_diff"])
-        <= LOGITS_TOL * max(fwd["logits_check"]["logits_scale"], 1.0),
+        "logits_agree": max(fwd["logits_check"]["unmerged_max_abs_diff"],
+                            fwd["logits_check"]["merged_max_abs_diff"]) <= LOGITS_TOL,
+        "fused_path_close": fwd["logits_check"]["fused_vs_reference_rel"] <= FUSED_REL_TOL,
     }
 
 
@@ -278,8 +288,8 @@ def _table(train: dict[str, dict[str, Any]], fwd: dict[str, Any]) -> str:
     ]
     chk = fwd["logits_check"]
     lines.append(f"logits max|slimtune-peft|: unmerged {chk['unmerged_max_abs_diff']:.2e}, merged "
-                 f"{chk['merged_max_abs_diff']:.2e} (tol {LOGITS_TOL:g} x scale {chk['logits_scale']:.1f}); "
-                 "adapter vs base "
+                 f"{chk['merged_max_abs_diff']:.2e} (tol {LOGITS_TOL:g}); fused path vs reference "
+                 f"{chk['fused_vs_reference_rel']:.2e} of the logits' scale (tol {FUSED_REL_TOL:g}); adapter vs base "
                  f"{chk['adapter_vs_base_max_abs_diff']:.2e}")
     return "\n".join(lines)
 
