@@ -16,7 +16,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,38 +43,7 @@ FUSED_REL_TOL = 1e-4
 
 
 # ----- helpers shared by the workers ---------------------------------------------------------------------------
-def _threads() -> int:
-    n = os.cpu_count() or 1
-    torch.set_num_threads(n)
-    return n
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _hwm_mib() -> float | None:
-    """VmHWM (peak RSS since the last reset through /proc/self/clear_refs), or None where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            line = next(x for x in f if x.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return None
-    return int(line.split()[1]) / 1024
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
+from procmem import _hwm_mib, _maxrss_mib, _reset_hwm, _rss_mib, _threads  # noqa: E402  (benchmarks/ helpers)
 
 
 def _input_ids(vocab: int) -> torch.Tensor:
