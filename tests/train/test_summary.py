@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import slimtune.train.summary as summary_module
 from slimtune.errors import ConfigError
 from slimtune.train import Callback, TrainConfig, Trainer, TrainerState
 from slimtune.train.summary import TRAIN_RESULT_NAME, peak_memory, read_summary, reset_peak_memory
@@ -75,6 +76,20 @@ def test_peak_memory_is_the_peak_of_each_fit(tmp_path: Path) -> None:
     assert big.peak_memory - small.peak_memory > 250 * 2**20  # the second fit does not inherit the first's peak
     assert read_summary(tmp_path / "small")["peak_memory_scope"] == "fit"  # type: ignore[index]
     assert peak_memory(torch.device("cpu")) >= small.peak_memory
+
+
+def test_a_reset_the_kernel_ignores_falls_back_to_the_process_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gVisor-style kernels accept the clear_refs write and leave VmHWM where it was: the probe must see that
+    # and the fit must not claim a per-fit peak.
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("no /proc/self/clear_refs on this platform")
+    statuses = {"ignored": ["VmHWM:\t 3459500 kB\nVmRSS:\t 1048576 kB\n"] * 3,
+                "honoured": ["VmHWM:\t 1049000 kB\nVmRSS:\t 1048576 kB\n"] * 3, "missing": [""] * 3}
+    for case, expected in (("ignored", "process"), ("honoured", "fit"), ("missing", "process")):
+        monkeypatch.setattr(summary_module, "_proc_status", statuses[case].pop)
+        summary_module._hwm_reset_works.cache_clear()
+        assert reset_peak_memory(torch.device("cpu")) == expected, case
+    summary_module._hwm_reset_works.cache_clear()
 
 
 def test_resume_counts_this_process_and_a_no_op_rerun_keeps_the_file(tmp_path: Path) -> None:

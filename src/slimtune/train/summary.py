@@ -8,6 +8,8 @@ file says which (``peak_memory_scope``)."""
 
 from __future__ import annotations
 
+import functools
+import mmap
 import re
 import resource
 from dataclasses import asdict, dataclass
@@ -18,6 +20,8 @@ import torch
 
 TRAIN_RESULT_NAME = "train_result.json"
 _HWM = re.compile(r"^VmHWM:\s+(\d+)\s+kB", re.MULTILINE)
+_RSS = re.compile(r"^VmRSS:\s+(\d+)\s+kB", re.MULTILINE)
+_PROBE = 64 * 2**20
 
 PeakScope = Literal["fit", "process"]
 
@@ -27,12 +31,39 @@ def reset_peak_memory(device: torch.device) -> PeakScope:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return "fit"
+    if not _hwm_reset_works():
+        return "process"
+    _clear_hwm()
+    return "fit"
+
+
+@functools.cache
+def _hwm_reset_works() -> bool:
+    """Whether writing 5 to /proc/self/clear_refs really brings VmHWM down to the resident set. Some kernels
+    (sandboxes, some container runtimes) accept the write and leave the mark where it was, so this raises
+    the mark by a touched, then unmapped, block and checks that a reset takes it away again (once per
+    process)."""
+    before = _kib(_RSS, _proc_status())
+    if before is None or _kib(_HWM, _proc_status()) is None:
+        return False
+    block = mmap.mmap(-1, _PROBE)
+    try:
+        block.write(b"\x01" * _PROBE)  # every page touched: the high-water mark is now >= before + _PROBE
+    finally:
+        block.close()
+    if not _clear_hwm():
+        return False
+    after = _kib(_HWM, _proc_status())
+    return after is not None and after < before + _PROBE // 2
+
+
+def _clear_hwm() -> bool:
     try:  # Linux >= 4.0: writing 5 resets the resident-set high-water mark to the current RSS
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
     except OSError:
-        return "process"
-    return "fit" if _vm_hwm() is not None else "process"
+        return False
+    return True
 
 
 def peak_memory(device: torch.device) -> int:
@@ -47,11 +78,18 @@ def peak_memory(device: torch.device) -> int:
 
 
 def _vm_hwm() -> int | None:
+    return _kib(_HWM, _proc_status())
+
+
+def _proc_status() -> str:
     try:
-        text = Path("/proc/self/status").read_text(encoding="ascii")
+        return Path("/proc/self/status").read_text(encoding="ascii")
     except OSError:
-        return None
-    found = _HWM.search(text)
+        return ""
+
+
+def _kib(field: re.Pattern[str], status: str) -> int | None:
+    found = field.search(status)
     return int(found.group(1)) * 1024 if found else None
 
 
