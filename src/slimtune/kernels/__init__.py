@@ -2,7 +2,8 @@
 
 - ``lora_linear``: the LoRA linear under custom autograd (few kernels, lean saved activations).
 - ``dora_linear``: the same for DoRA, with the row norm computed once per call and no (out, in) temporary.
-- ``linear_cross_entropy`` / ``causal_lm_loss``: the LM head's loss in chunks, never the whole logits.
+- ``lm_loss`` / ``causal_lm_loss``: the LM head on target positions only (the trainer's default loss for
+  causal LMs); ``linear_cross_entropy``: that head's loss in chunks, never the whole logits.
 - ``gathered_lora``: mixed-adapter batches (one adapter per row) in two products, BGMV/SGMV-style.
 - ``compile_blocks``: every transformer block through ``torch.compile``, adapters included.
 - ``fuse_model``: RMSNorm and the SwiGLU product of Llama-style decoders as one compiled kernel each way.
@@ -16,7 +17,7 @@ from slimtune.kernels.config import dora_recompute, enabled, fast_paths, mode, s
 from slimtune.kernels.fusions import compile_blocks, fuse_model, unfuse_model
 from slimtune.kernels.gathered import gathered_lora, row_scales
 from slimtune.kernels.lora import dora_linear, dora_norm, lora_linear
-from slimtune.kernels.loss import causal_lm_loss, linear_cross_entropy, linear_cross_entropy_reference
+from slimtune.kernels.loss import causal_lm_loss, linear_cross_entropy, linear_cross_entropy_reference, lm_loss
 
 __all__ = [
     "causal_lm_loss",
@@ -30,6 +31,7 @@ __all__ = [
     "gathered_lora",
     "linear_cross_entropy",
     "linear_cross_entropy_reference",
+    "lm_loss",
     "lora_linear",
     "mode",
     "row_scales",

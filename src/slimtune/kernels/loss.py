@@ -8,6 +8,7 @@ weight, if it trains) is formed right there (softmax minus one-hot). Backward on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -75,38 +76,75 @@ def linear_cross_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, l
     return F.cross_entropy(torch.mm(hidden, weight.t()).float(), labels, ignore_index=ignore_index)
 
 
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_router_logits")
+"""Config fields under which a model's forward does more to the head's logits (or the loss) than the head."""
+
+
 def _head_and_decoder(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     """The decoder (hidden states out) and a plain, bias-free Linear head, or None if the model has others."""
     config = getattr(model, "config", None)
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+    text_config = getattr(config, "text_config", None)
+    if any(getattr(c, k, None) for c in (config, text_config) for k in _LOGIT_TRANSFORMS):
         return None
     get_decoder = getattr(model, "get_decoder", None)
     get_head = getattr(model, "get_output_embeddings", None)
     if get_decoder is None or get_head is None:
         return None
-    head = get_head()
+    head, decoder = get_head(), get_decoder()
     if type(head) is not nn.Linear or head.bias is not None:  # an adapted head takes the reference path
         return None
-    return get_decoder(), head
+    if decoder is None or decoder is model:
+        return None
+    return decoder, head
+
+
+def lm_loss(model: nn.Module, batch: Mapping[str, Any], fast: bool | None = None) -> torch.Tensor | None:
+    """The causal-LM loss of ``batch`` with the head applied to the target positions only; None where it
+    does not apply (then the model's own loss is the one to use).
+
+    Same value as ``model(**batch).loss`` (labels shifted by one, -100 ignored, mean over targets, NaN when
+    there are none), for a Hugging Face ``*ForCausalLM`` or a slimtune AdaptedModel wrapping one whose head
+    is a plain Linear and whose forward does nothing more to the logits. The decoder gives the hidden states;
+    only rows that have a target go through the head, so prompt, padding and the last position cost no
+    (rows, vocab) product, forward or backward, and no logits for them are ever stored: chat data, trained
+    on the assistant's tokens only, spends most of its positions there. With ``fast`` (default: the
+    kernels' mode, see ``config.enabled``) the head's loss is ``linear_cross_entropy``, chunked, else
+    float32 logits and torch's cross-entropy (the model's own arithmetic). None for a batch without token
+    labels (classification), with per-row adapters, or for a model with an active prompt / prefix adapter.
+    """
+    input_ids, labels = batch.get("input_ids"), batch.get("labels")
+    if not isinstance(input_ids, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        return None
+    if labels.shape != input_ids.shape or "adapter_names" in batch or "inputs_embeds" in batch:
+        return None
+    inputs: Any = getattr(model, "input_adapters", None)  # a slimtune AdaptedModel's prompt / prefix adapters
+    if inputs is not None and any(n in inputs for n in getattr(model, "active_adapters", ())):
+        return None
+    parts = _head_and_decoder(getattr(model, "model", model) if inputs is not None else model)
+    if parts is None:
+        return None
+    decoder, head = parts
+    kwargs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = decoder(**kwargs, use_cache=False).last_hidden_state
+    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1)  # position t predicts token t + 1
+    keep = (shifted != IGNORE_INDEX).nonzero().squeeze(1)
+    rows, targets = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep), shifted.index_select(0, keep)
+    if enabled(rows) if fast is None else fast:
+        return linear_cross_entropy(rows, head.weight, targets)
+    return F.cross_entropy(head(rows).float(), targets)
 
 
 def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
                    attention_mask: torch.Tensor | None = None, fast: bool | None = None) -> torch.Tensor:
     """The causal-LM loss of a Hugging Face ``*ForCausalLM`` (or a slimtune AdaptedModel wrapping one).
 
-    Same value as ``model(input_ids, labels=labels).loss`` (labels shifted by one, -100 ignored, mean), but
-    through ``linear_cross_entropy`` when ``fast`` (default: the kernels' mode, see ``config.enabled``) and the
-    model allows it: its decoder gives the hidden states and the head's logits are never materialised.
-    Otherwise it calls the model.
+    Same value as ``model(input_ids, labels=labels).loss``, through ``lm_loss`` where the model allows it
+    (the head on target positions only; chunked with ``fast``), else by calling the model.
     """
-    fast = enabled(input_ids) if fast is None else fast
-    inputs: Any = getattr(model, "input_adapters", None)  # a slimtune AdaptedModel's prompt / prefix adapters
-    inner = getattr(model, "model", model) if inputs is not None else model
-    parts = _head_and_decoder(inner) if fast else None
-    uses_inputs = inputs is not None and any(n in inputs for n in getattr(model, "active_adapters", ()))
-    if parts is None or uses_inputs:
-        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False).loss
-    decoder, head = parts
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]  # (B, T): position t predicts token t + 1
-    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, shifted.reshape(-1))
+    batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
+    if attention_mask is not None:
+        batch["attention_mask"] = attention_mask
+    loss = lm_loss(model, batch, fast)
+    if loss is None:
+        return model(**batch, use_cache=False).loss
+    return loss

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from slimtune.errors import TrainingError
+from slimtune.kernels.loss import lm_loss
 from slimtune.train.distributed import DistEnv, all_reduce_sum
 
 IGNORE_INDEX = -100
@@ -28,10 +29,16 @@ def target_count(batch: dict[str, Tensor]) -> int:
 
 
 def forward_loss(model: nn.Module, batch: dict[str, Tensor],
-                 loss_fn: Callable[[nn.Module, dict[str, Tensor]], Tensor] | None) -> Tensor:
-    """The batch's mean loss: ``loss_fn(model, batch)`` or the model's own ``outputs.loss``."""
+                 loss_fn: Callable[[nn.Module, dict[str, Tensor]], Tensor] | None, *, direct: bool = True) -> Tensor:
+    """The batch's mean loss: ``loss_fn(model, batch)``; else, for a causal LM whose submodules may be called
+    ``direct`` (not under DDP / FSDP, whose hooks run on the wrapper's forward), ``kernels.lm_loss`` (the head
+    on target positions only: the same loss for less work); else the model's own ``outputs.loss``."""
     if loss_fn is not None:
         return loss_fn(model, batch)
+    if direct:
+        targeted = lm_loss(model, batch)
+        if targeted is not None:
+            return targeted
     out = model(**batch)
     loss = getattr(out, "loss", None)
     if loss is None and isinstance(out, dict):
@@ -44,7 +51,7 @@ def forward_loss(model: nn.Module, batch: dict[str, Tensor],
 
 def evaluate_model(model: nn.Module, data: Sequence[Any], collate_fn: Callable[[list[Any]], Any],
                    batch_size: int, env: DistEnv, precision: Any, loss_fn: Any, to_device: Callable[[Any], Any],
-                   *, shard: bool = True) -> dict[str, float]:
+                   *, shard: bool = True, direct: bool = True) -> dict[str, float]:
     """{"loss": token-weighted mean loss, "perplexity": exp(loss), "targets": count} over ``data``."""
     was_training = model.training
     model.eval()
@@ -59,7 +66,7 @@ def evaluate_model(model: nn.Module, data: Sequence[Any], collate_fn: Callable[[
                 if count == 0:
                     continue
                 with precision.autocast():
-                    loss = forward_loss(model, batch, loss_fn)
+                    loss = forward_loss(model, batch, loss_fn, direct=direct)
                 sums += torch.tensor([float(loss) * count, float(count)], dtype=torch.float64)
     finally:
         model.train(was_training)

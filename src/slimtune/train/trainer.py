@@ -268,7 +268,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
             with sync:
                 with self.precision.autocast():
-                    loss = forward_loss(self.model, batch, self.loss_fn)
+                    loss = forward_loss(self.model, batch, self.loss_fn, direct=not self.env.distributed)
                 # DDP and FSDP average gradients over ranks; this weighting makes the result the token mean
                 scaled = loss * (count * self.env.world_size / max(total_targets, 1.0))
                 self.precision.backward(scaled)
@@ -307,7 +307,7 @@ class Trainer:
         shard = self.strategy != "fsdp2"  # FSDP2 forwards are collectives: every rank runs every batch
         return evaluate_model(self.model if not shard else unwrap(self.model), data, self.collate_fn,
                               self.config.batch_size, self.env, self.precision, self.loss_fn, self._to_device,
-                              shard=shard)
+                              shard=shard, direct=shard)
 
     def _maybe_evaluate(self) -> bool:
         """Evaluate when due; True when early stopping says stop."""
