@@ -129,7 +129,7 @@ def lm_loss(model: nn.Module, batch: Mapping[str, Any], fast: bool | None = None
     shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1)  # position t predicts token t + 1
     keep = (shifted != IGNORE_INDEX).nonzero().squeeze(1)
     rows, targets = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep), shifted.index_select(0, keep)
-    if enabled(rows) if fast is None else fast:
+    if enabled(rows, "loss") if fast is None else fast:
         return linear_cross_entropy(rows, head.weight, targets)
     return F.cross_entropy(head(rows).float(), targets)
 
