@@ -1,7 +1,8 @@
 """Benchmark (issue 2): slimtune's LoRA against PEFT on CPU with SmolLM2-135M, batch 8 x 128, r=16 on all linears.
 
 Measures training step time and peak memory (each side's training in its own fresh subprocess, the sides
-alternated ABBA), and the forward time of the base model and of the merged and unmerged adapter (both sides in
+alternated ABBA), the training step time again with both sides in one process and their steps alternated (the
+ratio the target reads: load drift hits both alike), and the forward time of the base model and of the merged and unmerged adapter (both sides in
 one process, interleaved, after checking their logits agree). Prints one table and writes JSON to
 benchmarks/results/cpu_lora.json.
 
@@ -61,6 +62,25 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def _loss(side: str, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Each library's training loss as its trainer computes it: slimtune's Trainer takes kernels.lm_loss (the
+    head on target positions only: here every position but the last), PEFT under the HF Trainer the model's
+    own outputs.loss."""
+    if side == "slimtune":
+        from slimtune import kernels
+
+        return kernels.causal_lm_loss(model, ids, ids)
+    return model(input_ids=ids, labels=ids).loss
+
+
+def _step(side: str, model: nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor) -> torch.Tensor:
+    loss = _loss(side, model, ids)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 # ----- training worker (one side per fresh process) ------------------------------------------------------------
 def train_worker(side: str, warmup: int, steps: int) -> dict[str, Any]:
     """Time ``steps`` AdamW steps after ``warmup`` ones; memory is read from this (fresh) process."""
@@ -78,10 +98,7 @@ def train_worker(side: str, warmup: int, steps: int) -> dict[str, Any]:
     times: list[float] = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = _step(side, model, opt, ids)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     peak = _maxrss_mib()
@@ -92,6 +109,40 @@ def train_worker(side: str, warmup: int, steps: int) -> dict[str, Any]:
         "maxrss_after_load_mib": maxrss_loaded, "peak_rss_mib": peak, "train_overhead_mib": peak - rss_loaded,
         "peak_rss_since_load_mib": hwm, "train_overhead_since_load_mib": None if hwm is None else hwm - rss_loaded,
     }
+
+
+# ----- interleaved training worker (both sides in one process, steps alternated) -------------------------------
+def interleaved_worker(warmup: int, steps: int) -> dict[str, Any]:
+    """Both sides train in this one process, one step each in turn (which goes first alternates), so that a
+    change in the machine's load over the run slows both alike: the step-time ratio the target is read from.
+    Also records each step's process CPU time (both threads), which a busy neighbour inflates less."""
+    _threads()
+    torch.manual_seed(SEED)
+    models = {side: _adapt(side, load_smollm2()[0]) for side in SIDES}
+    opts = {}
+    for side, model in models.items():
+        model.train()
+        opts[side] = torch.optim.AdamW(_trainable(model), lr=LR)
+    ids = _input_ids(models["peft"].config.vocab_size)  # type: ignore[union-attr]
+    wall: dict[str, list[float]] = {s: [] for s in SIDES}
+    cpu: dict[str, list[float]] = {s: [] for s in SIDES}
+    losses: dict[str, list[float]] = {s: [] for s in SIDES}
+    for i in range(warmup + steps):
+        for side in SIDES if i % 2 == 0 else SIDES[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            loss = _step(side, models[side], opts[side], ids)
+            if i >= warmup:
+                wall[side].append(time.perf_counter() - t0)
+                cpu[side].append(time.process_time() - c0)
+            losses[side].append(float(loss))
+    med = statistics.median
+    pairs = [a / b for a, b in zip(wall["slimtune"], wall["peft"], strict=True)]
+    return {"step_s": wall, "step_cpu_s": cpu, "losses": losses,
+            "step_median_s": {s: med(wall[s]) for s in SIDES}, "step_cpu_median_s": {s: med(cpu[s]) for s in SIDES},
+            "ratio_of_medians": med(wall["slimtune"]) / med(wall["peft"]),
+            "cpu_ratio_of_medians": med(cpu["slimtune"]) / med(cpu["peft"]),
+            "per_step_pair_ratios": pairs, "pair_ratio_quartiles": statistics.quantiles(pairs, n=4)
+            if len(pairs) > 1 else pairs * 3}
 
 
 # ----- forward worker (both sides in one process) --------------------------------------------------------------
@@ -220,10 +271,10 @@ def _ratios(train: dict[str, dict[str, Any]], fwd: dict[str, Any]) -> dict[str, 
     return out
 
 
-def _targets(train: dict[str, dict[str, Any]], fwd: dict[str, Any]) -> dict[str, bool]:
+def _targets(train: dict[str, dict[str, Any]], fwd: dict[str, Any], inter: dict[str, Any]) -> dict[str, bool]:
     s, p = train["slimtune"], train["peft"]
     return {
-        "step_time_no_worse": s["step_median_s"] <= p["step_median_s"],
+        "step_time_no_worse": inter["ratio_of_medians"] <= 1.0,
         "peak_memory_no_worse": s["peak_rss_mib"] <= p["peak_rss_mib"],
         "unmerged_overhead_at_most_peft": fwd["unmerged_over_base"]["slimtune"] <= fwd["unmerged_over_base"]["peft"],
         "logits_agree": max(fwd["logits_check"]["unmerged_max_abs_diff"],
@@ -238,12 +289,15 @@ def _row(label: str, s: float | None, p: float | None, unit: str) -> str:
     return f"{label:<38}{s:>10.3f}{unit:>2}{p:>10.3f}{unit:>2}{s / p:>10.3f}"
 
 
-def _table(train: dict[str, dict[str, Any]], fwd: dict[str, Any]) -> str:
+def _table(train: dict[str, dict[str, Any]], fwd: dict[str, Any], inter: dict[str, Any]) -> str:
     s, p = train["slimtune"], train["peft"]
     ub = fwd["unmerged_over_base"]
+    si, pi = inter["step_median_s"], inter["step_cpu_median_s"]
     lines = [
         f"{'':<38}{'slimtune':>12}{'peft':>12}{'ratio':>10}",
-        _row("train step, median", s["step_median_s"], p["step_median_s"], " s"),
+        _row("train step, interleaved, median", si["slimtune"], si["peft"], " s"),
+        _row("  its CPU time (2 threads), median", pi["slimtune"], pi["peft"], " s"),
+        _row("train step, fresh processes, median", s["step_median_s"], p["step_median_s"], " s"),
         _row("peak RSS (ru_maxrss)", s["peak_rss_mib"] / 1024, p["peak_rss_mib"] / 1024, "Gi"),
         _row("RSS after load -> peak (overhead)", s["train_overhead_mib"], p["train_overhead_mib"], "Mi"),
         _row("peak since load (VmHWM) - load RSS", s["train_overhead_since_load_mib"],
@@ -274,6 +328,10 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     load_start = os.getloadavg()
     t0 = time.time()
     raw = _train_all(ns)
+    print("  training, both sides in one process, steps alternated", flush=True)
+    inter = _spawn(["--worker", "interleaved", "--warmup", str(ns.warmup), "--steps", str(ns.interleaved_steps)])
+    print(f"    slimtune {[round(t, 2) for t in inter['step_s']['slimtune']]} s", flush=True)
+    print(f"    peft     {[round(t, 2) for t in inter['step_s']['peft']]} s", flush=True)
     print("  forward (both sides, one process)", flush=True)
     fwd = _spawn(["--worker", "forward", "--reps", str(ns.reps)])
     train = {s: _summarise_train(raw[s]) for s in SIDES}
@@ -286,10 +344,19 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                      "warmup": ns.warmup, "steps": ns.steps, "rounds": ns.rounds, "forward_reps": ns.reps,
                      "quick": ns.quick},
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "wall_s": time.time() - t0,
-        "train": train, "forward": fwd, "ratios_slimtune_over_peft": _ratios(train, fwd),
-        "targets_met": _targets(train, fwd),
+        "train": train, "interleaved_train": inter, "forward": fwd,
+        "ratios_slimtune_over_peft": {**_ratios(train, fwd), "interleaved_step": inter["ratio_of_medians"],
+                                      "interleaved_step_cpu": inter["cpu_ratio_of_medians"]},
+        "targets_met": _targets(train, fwd, inter),
+        "notes": ["step time: the target reads the interleaved phase (both sides in one process, steps alternated, "
+                  "so load drift is shared); the fresh-process medians beside it also carry each process's own "
+                  "luck with the machine's load, and measure the memory",
+                  "slimtune's step takes slimtune's training loss (kernels.lm_loss, as its Trainer does); PEFT's "
+                  "takes the model's outputs.loss (as the HF Trainer does)",
+                  "on the CPU slimtune's LoRA training path runs the same ops as PEFT's (checked with "
+                  "torch.profiler: same counts of mm, mul, add): differences in step time are small and noisy"],
     }
-    print(_table(train, fwd))
+    print(_table(train, fwd, inter))
     print("targets met:", json.dumps(result["targets_met"]))
     print(f"loadavg start {load_start}, end {result['loadavg_end']}")
     return result
@@ -301,12 +368,15 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=6, help="timed training steps per worker")
     ap.add_argument("--rounds", type=int, default=2, help="training workers per side, alternated ABBA")
     ap.add_argument("--reps", type=int, default=5, help="timed forwards per model and phase")
+    ap.add_argument("--interleaved-steps", type=int, default=8,
+                    help="timed steps per side in the one-process phase (steps alternated)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 2 steps, 1 round, 2 reps")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--worker", choices=[f"{s}-train" for s in SIDES] + ["forward"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=[f"{s}-train" for s in SIDES] + ["forward", "interleaved"],
+                    help=argparse.SUPPRESS)
     ns = ap.parse_args()
     if ns.quick:
-        ns.warmup, ns.steps, ns.rounds, ns.reps = 1, 2, 1, 2
+        ns.warmup, ns.steps, ns.rounds, ns.reps, ns.interleaved_steps = 1, 2, 1, 2, 2
     return ns
 
 
@@ -314,6 +384,9 @@ def main() -> None:
     ns = _parse()
     if ns.worker == "forward":
         print(json.dumps(forward_worker(ns.reps)))
+        return
+    if ns.worker == "interleaved":
+        print(json.dumps(interleaved_worker(ns.warmup, ns.steps)))
         return
     if ns.worker:
         print(json.dumps(train_worker(ns.worker.removesuffix("-train"), ns.warmup, ns.steps)))
