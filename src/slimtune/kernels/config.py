@@ -2,11 +2,11 @@
 
 The mode comes from ``use_fast(True | False | None)`` when it was called, else from the environment variable
 ``SLIMTUNE_KERNELS`` (``auto``, ``fast`` or ``reference``; default ``auto``). ``auto`` takes the fast path
-for tensors on a CUDA device, and on the CPU where no gradient is being recorded (inference: the fused
-products save one (N, out) pass per layer; for CPU training the reference path measured as fast or faster in
-benchmarks/cpu_lora.py, and DoRA's fast training path keeps a scaled weight per layer); ``fast`` takes it
-everywhere it applies (the fast
-paths are torch ops under custom autograd, so they also run on CPU, which is how CPU tests reach them).
+for tensors on a CUDA device, on the CPU where no gradient is being recorded (inference: the fused products
+save one (N, out) pass per layer), and for the chunked LM-head loss everywhere; for CPU training of the layers
+themselves the reference path measured as fast in benchmarks/cpu_lora.py, and DoRA's fast training path keeps
+a scaled weight per layer. ``fast`` takes it everywhere it applies (the fast paths are torch ops under custom
+autograd, so they also run on CPU, which is how CPU tests reach them).
 """
 
 from __future__ import annotations
@@ -61,14 +61,15 @@ def fast_paths(flag: bool | None) -> Iterator[None]:
 
 
 def enabled(x: torch.Tensor, kind: str = "") -> bool:
-    """Whether a fast path of ``kind`` ("lora", "dora", "mixed"; the same rule for each today) should handle
-    an input like ``x`` now."""
+    """Whether a fast path of ``kind`` ("lora", "dora", "mixed", "loss") should handle an input like ``x``
+    now. In ``auto`` the chunked LM-head loss ("loss") is taken on the CPU too: it measured as fast as float32
+    logits and torch's cross-entropy there and holds a few hundred MiB less at the step's peak."""
     chosen = mode()
     if chosen == "reference":
         return False
     if torch.is_autocast_enabled(x.device.type):
         return False  # the fast paths assume one dtype throughout; autocast mixes them
-    return chosen == "fast" or x.is_cuda or not torch.is_grad_enabled()
+    return chosen == "fast" or x.is_cuda or not torch.is_grad_enabled() or kind == "loss"
 
 
 _dora_recompute = os.environ.get("SLIMTUNE_DORA_RECOMPUTE", "0") not in ("", "0", "false", "False")
