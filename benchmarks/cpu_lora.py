@@ -2,9 +2,9 @@
 
 Measures training step time and peak memory (each side's training in its own fresh subprocess, the sides
 alternated ABBA), the training step time again with both sides in one process and their steps alternated (the
-ratio the target reads: load drift hits both alike), and the forward time of the base model and of the merged and unmerged adapter (both sides in
-one process, interleaved, after checking their logits agree). Prints one table and writes JSON to
-benchmarks/results/cpu_lora.json.
+ratio the target reads: load drift hits both alike), and the forward time of the base model and of the merged
+and unmerged adapter (both sides in one process, interleaved, after checking their logits agree). Prints one
+table and writes JSON to benchmarks/results/cpu_lora.json.
 
     python benchmarks/cpu_lora.py            # the full run (2 warm-ups, 6 timed steps, 2 rounds per side)
     python benchmarks/cpu_lora.py --quick    # a smoke run

@@ -169,11 +169,23 @@ def _save(method: str, side: str, model: Any, out: Path, initial: Path) -> None:
         model.save_pretrained(str(out))
 
 
-def _train(model: nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor, n: int) -> tuple[list[float], list[float]]:
+def _loss(side: str, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Each library's training loss as its trainer computes it: slimtune's Trainer takes kernels.lm_loss (the
+    head on target positions only, chunked; the model's own loss where that does not apply, as for prompt and
+    prefix tuning), PEFT under the HF Trainer the model's outputs.loss."""
+    if side == "slimtune":
+        from slimtune import kernels
+
+        return kernels.causal_lm_loss(model, ids, ids)
+    return model(input_ids=ids, labels=ids).loss
+
+
+def _train(side: str, model: nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor,
+           n: int) -> tuple[list[float], list[float]]:
     times, losses = [], []
     for _ in range(n):
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = _loss(side, model, ids)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -201,7 +213,7 @@ def train_worker(method: str, side: str, warmup: int, steps: int) -> dict[str, A
         opt = _optimizer(method, side, model)
         trainable = sum(p.numel() for g in opt.param_groups for p in g["params"])
         ids = _input_ids(base.config.vocab_size)
-        times, losses = _train(model, opt, ids, warmup + steps)
+        times, losses = _train(side, model, opt, ids, warmup + steps)
         peak, hwm = _maxrss_mib(), _hwm_mib() if hwm_reset else None
         t0 = time.perf_counter()
         _save(method, side, model, out, initial)
