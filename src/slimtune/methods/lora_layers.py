@@ -189,9 +189,12 @@ class LoraLinear(_LoraBase):
     def delta(self, name: str, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         a = _linear(self.lora_A, name)
         xd = self.lora_dropout[name](x.to(a.weight.dtype))
-        out = self.lora_B[name](a(xd))
-        if name in self.init_A:
-            out = out - F.linear(F.linear(xd, self.init_A[name]), self.init_B[name])
+        if name in self.init_A:  # PiSSA / OLoRA: one rank-2r product [B, -B0] [A; A0], no second (N, out) pass
+            a_all = torch.cat((a.weight, self.init_A[name]))
+            b_all = torch.cat((_linear(self.lora_B, name).weight, -self.init_B[name]), dim=1)
+            out = F.linear(F.linear(xd, a_all), b_all)
+        else:
+            out = self.lora_B[name](a(xd))
         dora = name in self.lora_magnitude_vector
         out = self._dora(name, x, xd, base, out) if dora else out * self.scaling[name]
         if name in self.bias_offsets:
