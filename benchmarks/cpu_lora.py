@@ -16,7 +16,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ FUSED_REL_TOL = 1e-4
 
 
 # ----- helpers shared by the workers ---------------------------------------------------------------------------
-from procmem import _hwm_mib, _maxrss_mib, _reset_hwm, _rss_mib, _threads  # noqa: E402  (benchmarks/ helpers)
+from procmem import _hwm_mib, _maxrss_mib, _reset_hwm, _rss_mib, _threads, machine  # noqa: E402  (benchmarks/ helpers)
 
 
 def _input_ids(vocab: int) -> torch.Tensor:
@@ -316,14 +315,6 @@ def _table(train: dict[str, dict[str, Any]], fwd: dict[str, Any], inter: dict[st
     return "\n".join(lines)
 
 
-def _machine() -> dict[str, Any]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cores": os.cpu_count(), "torch_threads": _threads(), "memory_gib": os.sysconf("SC_PHYS_PAGES")
-            * os.sysconf("SC_PAGE_SIZE") / 2**30}
-
-
 def run(ns: argparse.Namespace) -> dict[str, Any]:
     load_start = os.getloadavg()
     t0 = time.time()
@@ -336,7 +327,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     fwd = _spawn(["--worker", "forward", "--reps", str(ns.reps)])
     train = {s: _summarise_train(raw[s]) for s in SIDES}
     result = {
-        "benchmark": "cpu_lora", "issue": 2, "machine": _machine(),
+        "benchmark": "cpu_lora", "issue": 2, "machine": {**machine(), "torch_threads": _threads()},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__, "slimtune": st.__version__},
         "settings": {"model": "SmolLM2-135M-Instruct", "dtype": "float32", "batch": BATCH, "seq": SEQ, "r": RANK,

@@ -24,7 +24,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -111,7 +110,7 @@ def _sides(method: str) -> tuple[str, ...]:
 
 
 # ----- helpers shared by the workers -------------------------------------------------------------------------------
-from procmem import _hwm_mib, _maxrss_mib, _reset_hwm, _rss_mib, _threads  # noqa: E402  (benchmarks/ helpers)
+from procmem import _hwm_mib, _maxrss_mib, _reset_hwm, _rss_mib, _threads, machine  # noqa: E402  (benchmarks/ helpers)
 
 
 def _input_ids(vocab: int) -> torch.Tensor:
@@ -398,25 +397,6 @@ def _failures(summary: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
-def _machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": _threads(),
-        "memory_gib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30,
-    }
-
-
 def _summary(methods: list[str], raw: Raw, mem: Raw | None) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
     for method in methods:
@@ -445,7 +425,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     result = {
         "benchmark": "cpu_methods",
         "issue": 3,
-        "machine": _machine(),
+        "machine": {**machine(), "torch_threads": _threads()},
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,

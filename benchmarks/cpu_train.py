@@ -31,7 +31,6 @@ import argparse
 import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import struct
 import subprocess
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from procmem import machine  # benchmarks/ helpers (this script's folder is on sys.path)
 
 RESULTS = Path(__file__).parent / "results" / "cpu_train.json"
 SIDES = ("slimtune", "hf")
@@ -499,25 +500,6 @@ def _table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "memory_gib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30,
-    }
-
-
 def _versions() -> dict[str, str]:
     out = {}
     for dist in ("slimtune", "torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers"):
@@ -572,7 +554,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     result = {
         "benchmark": "cpu_train",
         "issue": 4,
-        "machine": _machine(),
+        "machine": machine(),
         "versions": _versions(),
         "git": _git(),
         "settings": {

@@ -1,9 +1,13 @@
-"""Process-memory and thread helpers shared by the CPU benchmarks (run as scripts: benchmarks/ is on sys.path)."""
+"""Process-memory, thread and machine helpers shared by the CPU benchmarks (run as scripts: benchmarks/ is on
+sys.path)."""
 
 from __future__ import annotations
 
 import os
+import platform
 import resource
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,3 +44,12 @@ def _reset_hwm() -> bool:
     except OSError:
         return False
     return True
+
+
+def machine() -> dict[str, Any]:
+    """What the run measured on: platform, Python, CPU model, cores (all and usable), memory."""
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "memory_gib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30}

@@ -20,13 +20,7 @@ from slimtune.train import TrainConfig, Trainer
 from slimtune.train.summary import TRAIN_RESULT_NAME, read_summary, reset_peak_memory
 from tests.train.helpers import pad_collate, tiny_llama, tiny_lora_llama, token_data
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit(run_dir: Path, model: nn.Module | None = None, data: list[Any] | None = None, **kw: Any) -> Any:

@@ -19,13 +19,7 @@ from slimtune.train.order import BatchOrder
 from slimtune.train.trainer import enable_gradient_checkpointing
 from tests.train.helpers import pad_collate, tiny_llama, tiny_lora_llama, token_data, trainable_snapshot
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer(model: nn.Module | None = None, n: int = 24, run_dir: Path | None = None, **kw: Any) -> Trainer:
