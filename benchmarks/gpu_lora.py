@@ -63,7 +63,10 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_model(tiny: bool, layers: int | None = None, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+def build_model(tiny: bool, layers: int | None = None, dtype: torch.dtype = torch.bfloat16,
+                on: torch.device | None = None) -> nn.Module:
+    """The TinyLlama-1.1B shape (or a tiny one), random init from seed 0 (so each rank of a distributed run
+    builds the same weights), in ``dtype`` on ``on`` (default: the GPU if there is one)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if tiny:
@@ -80,7 +83,7 @@ def build_model(tiny: bool, layers: int | None = None, dtype: torch.dtype = torc
     before = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device()):
+        with torch.device(on or device()):
             model = LlamaForCausalLM(cfg)
     finally:
         torch.set_default_dtype(before)

@@ -72,26 +72,9 @@ RUNS: dict[str, tuple[int, str, str | None]] = {
 # ----- model and data -------------------------------------------------------------------------------------------
 def build_model(tiny: bool, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """gpu_lora.py's model: the TinyLlama-1.1B shape (or its tiny shape), random init from seed 0, on ``device``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from gpu_lora import build_model as gpu_lora_model  # benchmarks/ helpers (this script's folder is on sys.path)
 
-    shape: dict[str, Any]
-    if tiny:
-        shape = {"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "num_key_value_heads": 2, "vocab_size": 512}
-    else:  # TinyLlama-1.1B
-        shape = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
-                 "num_key_value_heads": 4, "vocab_size": 32000}
-    cfg = LlamaConfig(**shape, max_position_embeddings=2048, tie_word_embeddings=False, use_cache=False)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)  # seeds the CPU and every CUDA generator: each rank builds the same weights
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model: nn.Module = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(before)
-    return model.to(dtype)
+    return gpu_lora_model(tiny, dtype=dtype, on=device)
 
 
 def make_data(n: int, seq: int, vocab: int, seed: int = 1234) -> list[dict[str, torch.Tensor]]:
