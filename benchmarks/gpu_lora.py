@@ -55,7 +55,7 @@ TRAIN: dict[str, tuple[str, str, str, bool, dict[str, str]]] = {
 ORDER = ["check", "st_lora_compiled", "peft_lora", "st_lora", "st_lora_gc_compiled", "peft_lora_gc", "st_lora_gc",
          "st_dora_compiled", "peft_dora", "st_dora", "infer_st", "infer_peft", "st_lora_qv", "peft_lora_qv", "full",
          "full_gc", "st_lora_fused", "st_lora_gc_fused", "st_dora_fused", "st_dora_recompute", "st_lora_reference",
-         "profile:st_lora_compiled"]
+         "profile:st_lora_compiled", "trainer_bf16", "trainer_fp32"]
 
 
 # ----- model and timing ---------------------------------------------------------------------------------------
@@ -181,6 +181,40 @@ def train_worker(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "trainable": sum(p.numel() for p in params), "first_loss": losses[0], "last_loss": losses[-1]}
 
 
+def trainer_worker(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """slimtune's Trainer itself (TrainConfig defaults: compile auto, the target-row loss, bf16 autocast) on
+    the same model and batch shape: ``trainer_bf16`` on bf16 weights, ``trainer_fp32`` on float32 weights
+    (the recipe default) under bf16 autocast."""
+    import slimtune as st
+    from slimtune.train import TrainConfig, Trainer, TrainerState
+    from slimtune.train.callbacks import Callback
+
+    batch, seq = (2, 64) if args.tiny else (8, 1024)
+    steps = args.warmup + args.steps
+    model = build_model(args.tiny, dtype=torch.float32 if name == "trainer_fp32" else torch.bfloat16)
+    adapted = st.adapt(model, st.LoraConfig(r=R, alpha=ALPHA, targets="all-linear"))
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, model.config.vocab_size, (batch * steps, seq),
+                                                                       generator=g)]
+    stamps: list[float] = []
+
+    class Clock(Callback):
+        def on_step_end(self, state: TrainerState, metrics: dict[str, Any]) -> None:
+            sync()
+            stamps.append(time.perf_counter())
+
+    cfg = TrainConfig(steps=steps, batch_size=batch, lr=LR, schedule="constant", log_every=1000)
+    collate = lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
+    reset_peak()
+    trainer = Trainer(adapted, cfg, data, collate, callbacks=[Clock()], checkpoints=False)
+    result = trainer.fit()
+    times = [(b - a) * 1e3 for a, b in zip(stamps[args.warmup:], stamps[args.warmup + 1:], strict=False)]
+    ms = statistics.median(times)
+    return {"name": name, "library": "slimtune", "method": "lora", "targets": "all", "step_ms": ms,
+            "tokens_per_s": batch * seq / ms * 1e3, "peak_gib": peak_gib(), "compiled_blocks": trainer.compiled_blocks,
+            "precision": str(trainer.precision.dtype), "first_loss": result.losses[0], "last_loss": result.losses[-1]}
+
+
 # ----- inference ------------------------------------------------------------------------------------------------
 def infer_worker(library: str, args: argparse.Namespace) -> dict[str, Any]:
     batch, seq = (4, 32) if args.tiny else (16, 512)
@@ -189,8 +223,10 @@ def infer_worker(library: str, args: argparse.Namespace) -> dict[str, Any]:
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device(),
                         generator=torch.Generator(device=device()).manual_seed(0))
     names = ["default"] + [f"a{i}" for i in range(1, n_adapters)]
-    rows2 = [names[i % 2] for i in range(batch)]
+    rows2 = [names[i % 2] for i in range(batch)]  # alternating rows: every adapter's rows scattered
     rows8 = [names[i % n_adapters] for i in range(batch)]
+    rows2g = sorted(rows2, key=names.index)  # the same rows grouped by adapter (a server that sorts requests)
+    rows8g = sorted(rows8, key=names.index)
     out: dict[str, Any] = {"name": f"infer_{library}", "batch": batch, "seq": seq}
     timed = lambda fn: median_ms(fn, args.infer_warmup, args.infer_steps)  # noqa: E731
     with torch.inference_mode():
@@ -209,6 +245,8 @@ def infer_worker(library: str, args: argparse.Namespace) -> dict[str, Any]:
             out["unmerged_ms"] = timed(lambda: pm(input_ids=ids))
             out["mixed2_ms"] = timed(lambda: pm(input_ids=ids, adapter_names=rows2))
             out["mixed8_ms"] = timed(lambda: pm(input_ids=ids, adapter_names=rows8))
+            out["mixed2_grouped_ms"] = timed(lambda: pm(input_ids=ids, adapter_names=rows2g))
+            out["mixed8_grouped_ms"] = timed(lambda: pm(input_ids=ids, adapter_names=rows8g))
             pm.merge_adapter(["default"])
             out["merged_ms"] = timed(lambda: pm(input_ids=ids))
     else:
@@ -224,6 +262,8 @@ def infer_worker(library: str, args: argparse.Namespace) -> dict[str, Any]:
             out["unmerged_ms"] = timed(lambda: am(input_ids=ids))
             out["mixed2_ms"] = timed(lambda: am(input_ids=ids, adapter_names=rows2))
             out["mixed8_ms"] = timed(lambda: am(input_ids=ids, adapter_names=rows8))
+            out["mixed2_grouped_ms"] = timed(lambda: am(input_ids=ids, adapter_names=rows2g))
+            out["mixed8_grouped_ms"] = timed(lambda: am(input_ids=ids, adapter_names=rows8g))
             with kernels.fast_paths(False):
                 out["unmerged_reference_ms"] = timed(lambda: am(input_ids=ids))
                 out["mixed2_reference_ms"] = timed(lambda: am(input_ids=ids, adapter_names=rows2))
@@ -241,7 +281,7 @@ def infer_worker(library: str, args: argparse.Namespace) -> dict[str, Any]:
                 for key in ("unmerged", "mixed2", "mixed8"):
                     out[f"{key}_compiled_x_base"] = out[f"{key}_compiled_ms"] / out["base_ms"]
                     out[f"{key}_compiled_x_base_compiled"] = out[f"{key}_compiled_ms"] / out["base_compiled_ms"]
-    for key in ("merged", "unmerged", "mixed2", "mixed8"):
+    for key in ("merged", "unmerged", "mixed2", "mixed8", "mixed2_grouped", "mixed8_grouped"):
         out[f"{key}_x_base"] = out[f"{key}_ms"] / out["base_ms"]
     return out
 
@@ -376,7 +416,28 @@ def profile_worker(config: str, args: argparse.Namespace) -> dict[str, Any]:
     table = prof.key_averages().table(sort_by=key, row_limit=45, max_name_column_width=90)
     if args.out:
         Path(args.out).with_name(f"profile_{config}.txt").write_text(table)
-    return {"name": f"profile:{config}", "top": table.splitlines()[:40]}
+    step_ms = median_ms(step, 1, 4)
+    return {"name": f"profile:{config}", "step_ms": step_ms, "gpu_ms_per_step": kernel_time(prof, 2),
+            "top": table.splitlines()[:40]}
+
+
+KERNEL_KINDS = (("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk", "sm90")),
+                ("attention", ("flash", "fmha", "attention", "cudnn")), ("triton", ("triton",)),
+                ("copy", ("memcpy", "memset", "copy")), ("reduce", ("reduce",)),
+                ("elementwise", ("elementwise", "vectorized", "unrolled")))
+
+
+def kernel_time(prof: Any, steps: int) -> dict[str, float]:
+    """GPU kernel time per step (ms) by kind of kernel, from a profile of ``steps`` steps."""
+    totals: dict[str, float] = {}
+    for event in prof.events():
+        if str(getattr(event, "device_type", "")).split(".")[-1] != "CUDA":
+            continue
+        name = event.name.lower()
+        kind = next((k for k, words in KERNEL_KINDS if any(w in name for w in words)), "other")
+        totals[kind] = totals.get(kind, 0.0) + getattr(event, "device_time", event.cuda_time) / 1e3 / steps
+    totals["total"] = sum(totals.values())
+    return {k: round(v, 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 # ----- driver ---------------------------------------------------------------------------------------------------
@@ -385,6 +446,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         return check_worker(args)
     if args.worker.startswith("profile:"):
         return profile_worker(args.worker.removeprefix("profile:"), args)
+    if args.worker.startswith("trainer_"):
+        return trainer_worker(args.worker, args)
     if args.worker.startswith("infer_"):
         return infer_worker(args.worker.removeprefix("infer_"), args)
     return train_worker(args.worker, args)
@@ -421,6 +484,8 @@ PAIRS = [("LoRA r=16 all linear, compile_blocks", "st_lora_compiled", "peft_lora
          ("DoRA + fused norm/SwiGLU", "st_dora_fused", "peft_dora"),
          ("DoRA, recompute", "st_dora_recompute", "peft_dora"),
          ("LoRA, slimtune reference path", "st_lora_reference", "peft_lora"),
+         ("LoRA, slimtune Trainer (bf16 weights)", "trainer_bf16", "peft_lora"),
+         ("LoRA, slimtune Trainer (fp32 weights, bf16 autocast)", "trainer_fp32", "peft_lora"),
          ("full fine-tuning (HF) vs PEFT LoRA", "full", "peft_lora"),
          ("full FT grad ckpt vs PEFT LoRA gc", "full_gc", "peft_lora_gc")]
 CHECKS = ("lora", "dora", "lora_fused", "dora_fused", "lora_compiled", "dora_compiled", "mixed", "cross_entropy")
@@ -465,8 +530,8 @@ def report(results: dict[str, dict[str, Any]]) -> list[str]:
                      f"{_ratio(a.get('tokens_per_s'), b.get('tokens_per_s'))} | "
                      f"{_ratio(a.get('peak_gib'), b.get('peak_gib'))} |")
     lines += ["", "| inference (ms, x own base) | slimtune | PEFT |", "| --- | --- | --- |"]
-    for key in ("base", "merged", "unmerged", "mixed2", "mixed8", "base_compiled", "unmerged_compiled",
-                "mixed2_compiled", "mixed8_compiled"):
+    for key in ("base", "merged", "unmerged", "mixed2", "mixed8", "mixed2_grouped", "mixed8_grouped", "base_compiled",
+                "unmerged_compiled", "mixed2_compiled", "mixed8_compiled"):
         lines.append(f"| {key} | {_infer_cell(results.get('infer_st', {}), key)} | "
                      f"{_infer_cell(results.get('infer_peft', {}), key)} |")
     if results.get("check"):

@@ -151,6 +151,16 @@ def test_switching_and_stacking_adapters(case: Case) -> None:
     torch.testing.assert_close(output_of(model, inputs), out_a, **F32)
 
 
+def test_adapter_layer_walk_finds_what_named_modules_finds(case: Case) -> None:
+    model, _ = _adapted(case)
+    if case.stackable:
+        model.add_adapter("b", case.config)
+    want = [(p, m) for p, m in model.model.named_modules() if isinstance(m, st.AdapterLayer)]
+    got = model.adapter_layers()
+    assert want and [p for p, _ in got] == [p for p, _ in want]
+    assert all(a is b for (_, a), (_, b) in zip(got, want, strict=True))
+
+
 def test_mixed_batch_rows_equal_single_adapter_outputs(case: Case) -> None:
     if not case.mixed:
         pytest.skip("whole blocks take batch-wide arguments; mixed rows are refused for them")

@@ -58,6 +58,37 @@ def test_training_fast_equals_reference(case: str, recompute: bool) -> None:
         torch.testing.assert_close(got, want, **FP32)
 
 
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want.float()).norm() / want.float().norm()).item()
+
+
+@pytest.mark.parametrize("case", ["lora", "dora"])
+def test_autocast_fast_path_runs_in_autocast_dtype(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 weights under bf16 autocast (the trainer's default on a GPU): the fast path casts and runs,
+    giving the reference path's loss and float32 gradients to bf16 accuracy."""
+    model = _adapted(CASES[case]()).train()
+    calls: list[torch.dtype] = []
+    name = "dora_linear" if case == "dora" else "lora_linear"
+    real = getattr(kernels, name)
+
+    def spy(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(x.dtype)
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, name, spy)
+    exact_loss, exact_grads = _loss_and_grads(model, _ids(), fast=False)  # float32 throughout
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_loss, ref_grads = _loss_and_grads(model, _ids(), fast=False)
+        assert not calls
+        loss, grads = _loss_and_grads(model, _ids(), fast=True)
+    assert calls and set(calls) == {torch.bfloat16}
+    # the fast path's error against float32 is of the size of the autocast reference path's own
+    assert abs(loss - exact_loss) <= max(3 * abs(ref_loss - exact_loss).item(), 1e-3 * abs(exact_loss).item())
+    for got, ref, exact in zip(grads, ref_grads, exact_grads, strict=True):
+        assert got.dtype == torch.float32 and exact.abs().sum() > 0
+        assert _rel(got, exact) <= 2 * max(_rel(ref, exact), 1e-3)
+
+
 def test_dropout_fast_path_gives_the_same_gradients_for_the_same_mask() -> None:
     model = _adapted(st.LoraConfig(r=4, alpha=8, dropout=0.3)).train()
     results = []

@@ -51,6 +51,18 @@ def test_lora_linear_frozen_input_and_no_grad() -> None:
         torch.testing.assert_close(kernels.lora_linear(x, w, None, a, b, 2.0), ref.detach(), **TOL)
 
 
+@pytest.mark.parametrize("rows", [2, 300])
+def test_lora_linear_inference_both_sides_of_the_merge_rule(rows: int) -> None:
+    x, w, bias = _rand(rows, 16, grad=False, seed=1), _rand(24, 16, grad=False, seed=2), _rand(24, grad=False, seed=5)
+    a, b = _rand(4, 16, grad=False, seed=3), _rand(24, 4, grad=False, seed=4)
+    w_before = w.clone()
+    assert kernels.merge_pays(rows, 16, 24) == (rows > 10)  # 2 * 16 * 24 < rows * (16 + 48)
+    with torch.no_grad():
+        out = kernels.lora_linear(x, w, bias, a, b, 0.5)
+    torch.testing.assert_close(out, F.linear(x, w, bias) + 0.5 * F.linear(F.linear(x, a), b), **TOL)
+    assert torch.equal(w, w_before)  # the merged weight is the call's own
+
+
 def test_dora_norm_matches_full_weight_norm() -> None:
     w, a, b = _rand(9, 13, grad=False, seed=1), _rand(4, 13, seed=2), _rand(9, 4, seed=3)
     want = torch.linalg.norm(w + 0.3 * (b @ a), dim=1)
@@ -104,6 +116,27 @@ def test_gathered_lora_matches_per_row_loop(shape: tuple[int, ...]) -> None:
     for i, row in enumerate(rows):
         want = F.linear(x[i], w, bias)
         if row in names:
+            k = names.index(row)
+            want = want + scales[k] * F.linear(F.linear(x[i], a[k]), b[k])
+        torch.testing.assert_close(out[i], want, **TOL)
+
+
+@pytest.mark.parametrize("rows", [["q", "q", None, "p", "p", "p"], ["q", "p", "q", None, "p", "p"]])
+def test_gathered_lora_inference_grouped_and_scattered_rows(rows: list[str | None]) -> None:
+    x, w, bias = _rand(6, 40, 12, grad=False, seed=1), _rand(7, 12, grad=False, seed=2), _rand(7, grad=False, seed=3)
+    a = [_rand(r, 12, grad=False, seed=10 + r) for r in (2, 4)]
+    b = [_rand(7, r, grad=False, seed=20 + r) for r in (2, 4)]
+    names, scales = ["p", "q"], [0.5, 2.0]
+    together = kernels.row_runs(rows)
+    assert (together is not None) == (rows[1] == "q")  # the first list's adapters each hold one run of rows
+    assert kernels.grouped_pays(6 * 40, 2, 12, 7)
+    w_before = w.clone()
+    with torch.no_grad():
+        out = kernels.gathered_lora(x, w, bias, a, b, scales, names, rows)
+    assert torch.equal(w, w_before)
+    for i, row in enumerate(rows):
+        want = F.linear(x[i], w, bias)
+        if row is not None:
             k = names.index(row)
             want = want + scales[k] * F.linear(F.linear(x[i], a[k]), b[k])
         torch.testing.assert_close(out[i], want, **TOL)

@@ -61,3 +61,22 @@ def test_tensorboard_events_when_installed(tmp_path: Path) -> None:
     pytest.importorskip("torch.utils.tensorboard")
     _fit(tmp_path, "bf16", steps=2)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_compile_auto_on_cuda_trains_like_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from slimtune import kernels
+
+    calls: list[torch.dtype] = []
+    real = kernels.lora_linear
+
+    def spy(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(x.dtype)
+        return real(x, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kernels, "lora_linear", spy)
+    eager = _fit(tmp_path / "eager", "bf16", compile=False)
+    assert eager.compiled_blocks == 0 and calls and set(calls) == {torch.bfloat16}  # the fast path, in bf16
+    compiled = _fit(tmp_path / "compiled", "bf16")
+    assert compiled.compiled_blocks == 2  # tiny_lora_llama's two decoder layers
+    for x, y in zip(eager.result.losses, compiled.result.losses, strict=True):  # type: ignore[attr-defined]
+        assert abs(x - y) < 2e-2

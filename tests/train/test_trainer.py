@@ -200,6 +200,15 @@ def test_loraplus_without_lora_layers_is_a_config_error() -> None:
         _trainer(base, config={"loraplus_lr_ratio": 4.0})
 
 
+def test_compile_switch_is_validated_and_auto_is_off_on_cpu() -> None:
+    with pytest.raises(ConfigError, match="compile must be true, false or null"):
+        TrainConfig(steps=1, compile="yes")  # type: ignore[arg-type]
+    assert _trainer(tiny_lora_llama()).compiled_blocks == 0  # auto: a CPU run stays eager
+    from slimtune.train.trainer import compile_model
+
+    assert compile_model(torch.nn.Linear(2, 2), True, torch.device("cpu"), 1) == 0  # no blocks to compile
+
+
 def test_metrics_jsonl_and_final_adapter(tmp_path: Path) -> None:
     model = tiny_lora_llama()
     result = _trainer(model, run_dir=tmp_path, lineage={"recipe": {"name": "unit"}}).fit()

@@ -24,6 +24,9 @@ class AdapterLayer(nn.Module):
 
     #: whether the adapter can be folded into the base weights
     mergeable: bool = True
+    #: names of child modules that hold only this layer's own adapter tensors, never a base module (so a walk
+    #: looking for adapter layers need not enter them)
+    own_children: frozenset[str] = frozenset()
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()

@@ -79,8 +79,8 @@ class AdaptedModel(nn.Module):
 
     def adapter_layers(self, name: str | None = None) -> list[tuple[str, AdapterLayer]]:
         """(path, layer) of every adapter layer, or of those holding adapter ``name``."""
-        return [(p, m) for p, m in self.model.named_modules()
-                if isinstance(m, AdapterLayer) and (name is None or name in m.adapter_names())]
+        return [(p, m) for p, m in _adapter_layers(self.model)
+                if name is None or name in m.adapter_names()]
 
     def add_adapter(self, name: str, config: AdapterConfig, *, trainable: bool = True) -> None:
         """Inject a new adapter; it is trainable (unless told otherwise) but not active until set_active."""
@@ -214,9 +214,9 @@ class AdaptedModel(nn.Module):
         self._check_known({n for n in rows if n is not None})
         if any(n in self.input_adapters for n in rows if n is not None):
             raise AdapterStateError("mixed-adapter batches cannot hold prompt/prefix adapters; batch them apart")
-        if self.merged_adapters:
-            raise AdapterStateError("mixed-adapter batches need unmerged adapters; call unmerge() first")
         layers = [layer for _, layer in self.adapter_layers()]
+        if any(layer.merged for layer in layers):
+            raise AdapterStateError("mixed-adapter batches need unmerged adapters; call unmerge() first")
         for layer in layers:
             layer.row_adapters = rows
         try:
@@ -320,6 +320,28 @@ class AdaptedModel(nn.Module):
         from slimtune.formats.peft import save_adapter
 
         return save_adapter(self, directory, names)
+
+
+def _adapter_layers(root: nn.Module) -> list[tuple[str, AdapterLayer]]:
+    """(path, layer) of every AdapterLayer under ``root`` in ``named_modules`` order, without entering the
+    children that hold only a layer's own adapter tensors (``own_children``): with many adapters those are
+    most of the module tree, and a mixed-adapter forward walks it twice."""
+    found: list[tuple[str, AdapterLayer]] = []
+    seen: set[int] = set()
+    todo: list[tuple[str, nn.Module]] = [("", root)]
+    while todo:
+        path, module = todo.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        skip: frozenset[str] = frozenset()
+        if isinstance(module, AdapterLayer):
+            found.append((path, module))
+            skip = module.own_children
+        children = [(f"{path}.{n}" if path else n, c) for n, c in module._modules.items()
+                    if c is not None and n not in skip]
+        todo.extend(reversed(children))
+    return found
 
 
 def adapt(model: nn.Module, config: AdapterConfig | Sequence[AdapterConfig], name: str = "default") -> AdaptedModel:

@@ -13,13 +13,22 @@
 beat the unfused module chain without Triton (see benchmarks/gpu_lora.py).
 """
 
-from slimtune.kernels.config import dora_recompute, enabled, fast_paths, mode, set_dora_recompute, use_fast
+from slimtune.kernels.config import (
+    autocast_dtype,
+    dora_recompute,
+    enabled,
+    fast_paths,
+    mode,
+    set_dora_recompute,
+    use_fast,
+)
 from slimtune.kernels.fusions import compile_blocks, fuse_model, unfuse_model
-from slimtune.kernels.gathered import gathered_lora, row_scales
-from slimtune.kernels.lora import dora_linear, dora_norm, lora_linear
+from slimtune.kernels.gathered import gathered_lora, grouped_pays, row_runs, row_scales
+from slimtune.kernels.lora import dora_linear, dora_norm, lora_linear, merge_pays
 from slimtune.kernels.loss import causal_lm_loss, linear_cross_entropy, linear_cross_entropy_reference, lm_loss
 
 __all__ = [
+    "autocast_dtype",
     "causal_lm_loss",
     "compile_blocks",
     "dora_linear",
@@ -29,11 +38,14 @@ __all__ = [
     "fast_paths",
     "fuse_model",
     "gathered_lora",
+    "grouped_pays",
     "linear_cross_entropy",
     "linear_cross_entropy_reference",
     "lm_loss",
     "lora_linear",
+    "merge_pays",
     "mode",
+    "row_runs",
     "row_scales",
     "set_dora_recompute",
     "unfuse_model",

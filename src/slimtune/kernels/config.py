@@ -5,7 +5,8 @@ The mode comes from ``use_fast(True | False | None)`` when it was called, else f
 for tensors on a CUDA device, on the CPU where no gradient is being recorded (inference: the fused products
 save one (N, out) pass per layer), and for the chunked LM-head loss everywhere; for CPU training of the layers
 themselves the reference path measured as fast in benchmarks/cpu_lora.py, and DoRA's fast training path keeps
-a scaled weight per layer. ``fast`` takes it everywhere it applies (the fast paths are torch ops under custom
+a scaled weight per layer. Under autocast the paths run in autocast's dtype (``autocast_dtype``).
+``fast`` takes it everywhere it applies (the fast paths are torch ops under custom
 autograd, so they also run on CPU, which is how CPU tests reach them).
 """
 
@@ -67,9 +68,17 @@ def enabled(x: torch.Tensor, kind: str = "") -> bool:
     chosen = mode()
     if chosen == "reference":
         return False
-    if torch.is_autocast_enabled(x.device.type):
-        return False  # the fast paths assume one dtype throughout; autocast mixes them
     return chosen == "fast" or x.is_cuda or not torch.is_grad_enabled() or kind == "loss"
+
+
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast computes products in for ``x``'s device, None where autocast is off.
+
+    The fast paths run in one dtype: under autocast their callers cast the inputs and weights to this dtype
+    (differentiably, so float32 adapters get float32 gradients, as under autocast itself) and run the path with
+    autocast off, which is what autocast does to each product of the unfused chain."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
 _dora_recompute = os.environ.get("SLIMTUNE_DORA_RECOMPUTE", "0") not in ("", "0", "false", "False")

@@ -5,6 +5,11 @@ product gives every adapter's ``x A^T`` for every token; a per-row mask that hol
 its own columns and zero elsewhere keeps only the row's own adapter; one more product with the stacked B,
 accumulated onto the base matmul, finishes. Cost is that of a single LoRA of rank R, whatever the number of
 adapters, and the base product runs once over the whole batch (no gather / scatter of rows).
+
+Where each adapter's rows lie together (a server that groups requests by adapter) and the batch is large,
+it is cheaper still to form each adapter's ``W + s B A`` for the call and run one product per group of rows
+straight into its part of the output: the base product's work, plus a weight-sized pass per adapter
+(``grouped_pays``). Without gradients only.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 _CACHE_SIZE = 1024
 _stacks: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 _masks: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_runs: OrderedDict[tuple, list[tuple[str | None, int, int]] | None] = OrderedDict()
 
 
 def _remember(cache: OrderedDict, key: tuple, value: object) -> None:
@@ -65,14 +71,57 @@ def _row_table(rows: Sequence[str | None], names: Sequence[str], ranks: Sequence
     return torch.tensor(values, dtype=torch.float32)
 
 
+def row_runs(rows: Sequence[str | None]) -> list[tuple[str | None, int, int]] | None:
+    """(name, first row, row after the last) of each run of equal names, or None if a name has rows in two
+    runs (then the rows of an adapter do not lie together)."""
+    key = tuple(rows)
+    if key in _runs:
+        return _runs[key]
+    runs: list[tuple[str | None, int, int]] = []
+    for i, name in enumerate(rows):
+        if runs and runs[-1][0] == name:
+            runs[-1] = (name, runs[-1][1], i + 1)
+        else:
+            runs.append((name, i, i + 1))
+    together = runs if len(runs) == len(set(rows)) else None
+    _remember(_runs, key, together)
+    return together
+
+
+def grouped_pays(rows: int, groups: int, in_features: int, out_features: int) -> bool:
+    """Whether ``groups`` weight-sized merges move less memory than the gathered low-rank products over
+    ``rows`` rows (which read the input once more and write and read an (N, out) product)."""
+    return groups * 2 * in_features * out_features < rows * (in_features + 2 * out_features)
+
+
+def _grouped(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, runs: list[tuple[str | None, int, int]],
+             adapters: dict[str, tuple[torch.Tensor, torch.Tensor, float]], per_row: int) -> torch.Tensor:
+    y = x2.new_empty(x2.shape[0], weight.shape[0])
+    for name, first, stop in runs:
+        part = adapters.get(name) if name is not None else None
+        w = weight if part is None else torch.addmm(weight, part[1], part[0], alpha=part[2])
+        rows, out = x2[first * per_row:stop * per_row], y[first * per_row:stop * per_row]
+        if bias is None:
+            torch.mm(rows, w.t(), out=out)
+        else:
+            torch.addmm(bias, rows, w.t(), out=out)
+    return y
+
+
 def gathered_lora(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: Sequence[torch.Tensor],
                   lora_b: Sequence[torch.Tensor], scalings: Sequence[float], names: Sequence[str],
                   rows: Sequence[str | None]) -> torch.Tensor:
     """``x W^T + b`` plus, for batch row i, adapter ``rows[i]``'s ``s (x A^T) B^T`` (None or an unknown name:
     the base alone). ``x`` is (batch, in) or (batch, T, in); A_k (r_k, in), B_k (out, r_k)."""
+    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+    runs = row_runs(rows) if not torch.is_grad_enabled() and not torch.compiler.is_compiling() else None
+    if runs is not None and len(rows) == x.shape[0] and grouped_pays(
+            x2.shape[0], sum(1 for n, _, _ in runs if n in names), weight.shape[1], weight.shape[0]):
+        adapters = {n: (a, b, s) for n, a, b, s in zip(names, lora_a, lora_b, scalings, strict=True)}
+        y = _grouped(x2, weight, bias, runs, adapters, x2.shape[0] // len(rows))
+        return y.view(*x.shape[:-1], y.shape[-1])
     a_cat, b_cat = _stack(lora_a, lora_b)  # (R, in), (out, R)
     mask = row_scales(rows, names, [a.shape[0] for a in lora_a], scalings, x.device, x.dtype)  # (batch, R)
-    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
     xa = torch.mm(x2, a_cat.t())  # (N, R)
     per_row = x2.shape[0] // mask.shape[0]
     xa = (xa.view(mask.shape[0], per_row, -1) * mask[:, None, :]).view(x2.shape[0], -1)

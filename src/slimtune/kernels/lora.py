@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 _TINY = 1e-12
 
@@ -68,12 +69,23 @@ class _LoraLinear(torch.autograd.Function):
         return grad_x, grad_xd, None, grad_bias, grad_a, grad_b, None
 
 
+def merge_pays(rows: int, in_features: int, out_features: int) -> bool:
+    """Whether forming ``W + s B A`` for one call moves less memory than applying the adapter beside W.
+
+    Beside W the adapter reads the input once more and writes and reads an (N, out) product: about
+    N (in + 2 out) elements. Merging writes and reads one (out, in) weight: 2 out in. Prefill-sized batches
+    (N in the thousands) come out on the merged side, decoding steps (N = batch) on the other."""
+    return 2 * in_features * out_features < rows * (in_features + 2 * out_features)
+
+
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
                 lora_b: torch.Tensor, scaling: float, xd: torch.Tensor | None = None) -> torch.Tensor:
     """``x W^T + b + scaling * (xd A^T) B^T`` for ``x`` (..., in), W (out, in), A (r, in), B (out, r).
 
     ``xd`` is the adapter's input after dropout (default: ``x`` itself, and then nothing extra is saved).
-    Without gradients it runs the same three products with no autograd bookkeeping.
+    Without gradients it runs the same three products with no autograd bookkeeping, or, where ``merge_pays``
+    (many rows, no dropout), one product with ``W + s B A`` formed for this call only: the weights stay as
+    they are, and the result is what merged inference in the weights' dtype gives.
     """
     x2 = x.reshape(-1, x.shape[-1])
     xd2 = x2 if xd is None or xd is x else xd.reshape(-1, xd.shape[-1])
@@ -81,6 +93,8 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                                     or lora_b.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         y = _LoraLinear.apply(x2, None if xd2 is x2 else xd2, weight, bias, lora_a, lora_b, scaling)
+    elif xd2 is x2 and merge_pays(x2.shape[0], weight.shape[1], weight.shape[0]):
+        y = F.linear(x2, torch.addmm(weight, lora_b, lora_a, alpha=scaling), bias)
     else:
         y = _lora_out(x2, xd2, weight, bias, lora_a, lora_b, scaling)[0]
     return y.view(*x.shape[:-1], y.shape[-1])

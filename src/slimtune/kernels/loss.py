@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.kernels.config import enabled
+from slimtune.kernels.config import autocast_dtype, enabled
 
 IGNORE_INDEX = -100
 _CHUNK_ELEMENTS = 1 << 26  # float32 logits per chunk on a GPU: 256 MiB
@@ -66,9 +66,14 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     """Mean over non-ignored tokens of ``cross_entropy(hidden @ weight.T, labels)``, chunked over tokens.
 
     ``hidden`` (N, H), ``weight`` (V, H), ``labels`` (N,) int. NaN when every label is ignored (as torch).
+    Under autocast the products run in its dtype, as the unfused head's would.
     """
     rows = chunk or max(128, (_CHUNK_ELEMENTS if hidden.is_cuda else _CPU_CHUNK_ELEMENTS) // weight.shape[0])
-    return _LinearCrossEntropy.apply(hidden, weight, labels, ignore_index, rows)
+    cast = autocast_dtype(hidden)
+    if cast is None:
+        return _LinearCrossEntropy.apply(hidden, weight, labels, ignore_index, rows)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(hidden.to(cast), weight.to(cast), labels, ignore_index, rows)
 
 
 def linear_cross_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,

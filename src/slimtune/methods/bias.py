@@ -54,6 +54,8 @@ def bias_import(offsets: BiasOffsets, name: str, value: torch.Tensor) -> None:
 class BiasLayer(AdapterLayer):
     """A module whose only adapter state is a bias offset (``bias="all"`` beside LoRA, and BitFit)."""
 
+    own_children = frozenset({"bias_offsets"})
+
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
         self.bias_offsets = BiasOffsets()

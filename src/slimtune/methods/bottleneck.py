@@ -82,6 +82,7 @@ class BottleneckLayer(AdapterLayer):
     """``y = h + up(act(down(h)))`` with ``h`` the wrapped projection's output."""
 
     mergeable = False  # the nonlinearity cannot be folded into a weight
+    own_children = frozenset({"adapter_down", "adapter_up", "adapter_act"})
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)

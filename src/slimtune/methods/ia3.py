@@ -90,6 +90,8 @@ def _tupled(value: Any) -> Any:
 class IA3Layer(AdapterLayer):
     """Per-adapter scaling of a Linear/Conv1D's output (or input, for feed-forward modules)."""
 
+    own_children = frozenset({"ia3_l"})
+
     def __init__(self, base_layer: nn.Module, feedforward: bool) -> None:
         super().__init__(base_layer)
         inner = tg.innermost(base_layer)

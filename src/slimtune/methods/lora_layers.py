@@ -119,6 +119,9 @@ class LoraLinear(_LoraBase):
     that PEFT writes after conversion, loadable onto the original base.
     """
 
+    own_children = frozenset({"lora_A", "lora_B", "lora_dropout", "lora_magnitude_vector", "init_A", "init_B",
+                              "bias_offsets"})
+
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
         inner = tg.innermost(base_layer)
@@ -225,7 +228,19 @@ class LoraLinear(_LoraBase):
     def _run_plan(self, x: torch.Tensor, plan: tuple | None, rows: list[str | None] | None) -> torch.Tensor | None:
         if plan is None or not kernels.enabled(x, plan[1]):
             return None
-        _, kind, weight, bias, a, b, extra, scaling = plan
+        cast = kernels.autocast_dtype(x)
+        if cast is None:
+            return self._run(x, plan, rows, plan[2:6], self._norm_cache)
+        if plan[1] == "mixed":  # (stacked adapters are cached by storage: casts are fresh tensors each call)
+            return None
+        with torch.autocast(x.device.type, enabled=False):  # autocast's products, in autocast's dtype
+            tensors = tuple(t if t is None else t.to(cast) for t in plan[2:6])
+            return self._run(x.to(cast), plan, rows, tensors, None)
+
+    def _run(self, x: torch.Tensor, plan: tuple, rows: list[str | None] | None, tensors: tuple,
+             norm_cache: dict | None) -> torch.Tensor | None:
+        kind, extra, scaling = plan[1], plan[6], plan[7]
+        weight, bias, a, b = tensors
         if weight.dtype != x.dtype or a.dtype != weight.dtype:  # a cast since the plan was made
             return None
         if kind == "lora":
@@ -234,7 +249,7 @@ class LoraLinear(_LoraBase):
             return kernels.lora_linear(x, weight, bias, a, b, scaling, xd=xd)
         if kind == "dora":
             return kernels.dora_linear(x, weight, bias, a, b, extra, scaling, recompute=kernels.dora_recompute(),
-                                       cache=self._norm_cache)
+                                       cache=norm_cache)
         names, a_list, b_list, scalings = extra
         if len(rows or ()) != x.shape[0]:
             return None
@@ -362,6 +377,8 @@ def _default_init(a: torch.Tensor, b: torch.Tensor, init: str, r: int) -> None:
 
 class LoraEmbedding(_LoraBase):
     """LoRA beside an ``nn.Embedding``: a row lookup into A, then B (PEFT's lora_embedding_A / _B)."""
+
+    own_children = frozenset({"lora_embedding_A", "lora_embedding_B", "bias_offsets"})
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)

@@ -48,6 +48,10 @@ class TrainConfig:
     only; on CPU training always runs in float32."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (non-reentrant; works with a frozen base)."""
+    compile: bool | None = None
+    """Put every transformer block through torch.compile (``kernels.compile_blocks``, adapters included).
+    None (auto): on for a single-process run on a CUDA device where Triton is installed, off elsewhere; the
+    first steps (and the first of each new padded length, until shapes go dynamic) pay the compile time."""
     eval_every: int | None = None
     """Evaluate every N steps (and at the end) when eval data is given; None: only at the end."""
     early_stopping_patience: int | None = None
@@ -111,6 +115,8 @@ class TrainConfig:
         _positive_int("nan_guard", self.nan_guard, zero_ok=True)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"TrainConfig.seed must be an integer, got {self.seed!r}")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise ConfigError(f"TrainConfig.compile must be true, false or null (auto), got {self.compile!r}")
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError(f"TrainConfig.gradient_checkpointing must be true or false, got "
                               f"{self.gradient_checkpointing!r}")

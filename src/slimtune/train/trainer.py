@@ -9,6 +9,7 @@ DDP / FSDP2 under torchrun. Small on purpose; everything else hooks in through c
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 import random
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from slimtune import kernels
 from slimtune.core.model import AdaptedModel
 from slimtune.errors import ConfigError, TrainingError
 from slimtune.train.callbacks import Callback, MetricsWriter, TrainerState, tensorboard_if_available
@@ -145,6 +147,7 @@ class Trainer:
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(self.module)
         self.model = wrap(self.module, self.env, strategy)
+        self.compiled_blocks = compile_model(self.module, config.compile, self.env.device, self.env.world_size)
         self.strategy = strategy
         self.optimizer = build_optimizer(self.module, config, param_groups)
         self.global_batch = config.batch_size * config.grad_accum * self.env.world_size
@@ -358,6 +361,21 @@ class Trainer:
         self._saved = {saved.kind: saved.path}
         if self.env.is_main:
             self._emit("on_save", saved.path)
+
+
+def compile_model(model: nn.Module, choice: bool | None, device: torch.device, world_size: int) -> int:
+    """``TrainConfig.compile``: compile the model's transformer blocks in place (after any wrapping) when
+    asked, or in auto (None) on a single-process CUDA run with Triton installed; returns how many blocks."""
+    if choice is None:
+        choice = device.type == "cuda" and world_size == 1 and importlib.util.find_spec("triton") is not None
+    if not choice:
+        return 0
+    count = kernels.compile_blocks(model, dynamic=None)  # shapes go dynamic after the first new length
+    if count == 0:
+        log.info("train.compile: no transformer blocks (*DecoderLayer) found; nothing compiled")
+    else:
+        log.info("train.compile: %d transformer blocks go through torch.compile", count)
+    return count
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
