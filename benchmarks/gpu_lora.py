@@ -52,10 +52,10 @@ TRAIN: dict[str, tuple[str, str, str, bool, dict[str, str]]] = {
     "st_lora_gc_compiled": ("slimtune", "lora", "all", True, {"BENCH_COMPILE": "1"}),
     "st_dora_compiled": ("slimtune", "dora", "all", False, {"BENCH_COMPILE": "1"}),
 }
-ORDER = ["check", "st_lora_compiled", "peft_lora", "st_lora", "st_lora_gc_compiled", "peft_lora_gc", "st_lora_gc",
-         "st_dora_compiled", "peft_dora", "st_dora", "infer_st", "infer_peft", "st_lora_qv", "peft_lora_qv", "full",
-         "full_gc", "st_lora_fused", "st_lora_gc_fused", "st_dora_fused", "st_dora_recompute", "st_lora_reference",
-         "profile:st_lora_compiled", "trainer_bf16", "trainer_fp32"]
+ORDER = ["check", "st_lora_compiled", "peft_lora", "st_lora_gc_compiled", "peft_lora_gc", "st_dora_compiled",
+         "peft_dora", "infer_st", "infer_peft", "full", "full_gc", "st_lora_qv", "peft_lora_qv", "st_lora",
+         "st_lora_gc", "st_dora", "trainer_bf16", "trainer_fp32", "st_lora_reference", "st_dora_recompute",
+         "profile:st_lora_compiled", "st_lora_fused", "st_lora_gc_fused", "st_dora_fused"]
 
 
 # ----- model and timing ---------------------------------------------------------------------------------------
@@ -408,14 +408,16 @@ def profile_worker(config: str, args: argparse.Namespace) -> dict[str, Any]:
         step()
     sync()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=acts) as prof:
+    with profile(activities=acts, record_shapes=True) as prof:
         for _ in range(2):
             step()
         sync()
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=45, max_name_column_width=90)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=40, max_name_column_width=40,
+                                                                  max_shapes_column_width=110)
     if args.out:
-        Path(args.out).with_name(f"profile_{config}.txt").write_text(table)
+        Path(args.out).with_name(f"profile_{config}.txt").write_text(table + "\n\n" + by_shape)
     step_ms = median_ms(step, 1, 4)
     return {"name": f"profile:{config}", "step_ms": step_ms, "gpu_ms_per_step": kernel_time(prof, 2),
             "top": table.splitlines()[:40]}

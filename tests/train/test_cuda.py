@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def _fit(run_dir: Path, precision: str, steps: int = 8, **kw: object) -> Trainer:
     cfg = TrainConfig(steps=steps, batch_size=4, lr=2e-2, precision=precision, checkpoint_every=4,  # type: ignore[arg-type]
                       schedule="constant", log_every=100, **kw)  # type: ignore[arg-type]
-    trainer = Trainer(tiny_lora_llama(), cfg, token_data(16, seed=2) * 2, pad_collate, run_dir=run_dir)
+    trainer = Trainer(tiny_lora_llama(), cfg, token_data(4, seed=2) * 8, pad_collate, run_dir=run_dir)
     trainer.result = trainer.fit()  # type: ignore[attr-defined]
     return trainer
 
@@ -26,7 +26,7 @@ def _fit(run_dir: Path, precision: str, steps: int = 8, **kw: object) -> Trainer
 def test_autocast_trains_on_cuda_and_keeps_fp32_adapters(tmp_path: Path, precision: str) -> None:
     trainer = _fit(tmp_path, precision, steps=20)
     losses = trainer.result.losses  # type: ignore[attr-defined]
-    assert all(x is not None for x in losses[-5:]) and losses[-1] < losses[0] - 0.2
+    assert all(x is not None for x in losses[-5:]) and sum(losses[-5:]) / 5 < losses[0] - 0.2  # 4 rows learnt
     assert trainer.precision.dtype == (torch.float16 if precision == "fp16" else torch.bfloat16)
     for p in trainer.module.trainable_parameters():  # type: ignore[operator]
         assert p.device.type == "cuda" and p.dtype == torch.float32
