@@ -105,10 +105,21 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, names: dict[int, str]
                               "resume with the same model, adapter config and LoRA+ setting")
     for group, stored in zip(optimizer.param_groups, saved, strict=True):
         for key, value in stored.items():
-            if key != "params":
+            if key != "params" and key not in _IMPLEMENTATION:
                 group[key] = tuple(value) if isinstance(value, list) else value
+        on_device = bool(group.get("fused") or group.get("capturable"))  # their step counts live beside the params
         for p in group["params"]:
             prefix = names[id(p)] + "/"
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             if state:
-                optimizer.state[p] = {k: (v.clone() if k == "step" else like(v, p)) for k, v in state.items()}
+                optimizer.state[p] = {k: _step(v, p, on_device) if k == "step" else like(v, p)
+                                      for k, v in state.items()}
+
+
+_IMPLEMENTATION = frozenset({"fused", "foreach", "capturable", "differentiable"})
+"""Group entries that say how this process runs AdamW (fused on a GPU, not on the CPU), not what it learnt:
+a checkpoint keeps them for the record but does not impose them on the run that resumes it."""
+
+
+def _step(value: torch.Tensor, param: torch.Tensor, on_device: bool) -> torch.Tensor:
+    return value.to(device=param.device, dtype=torch.float32) if on_device else value.detach().cpu().clone()

@@ -370,6 +370,11 @@ def compile_model(model: nn.Module, choice: bool | None, device: torch.device, w
         choice = device.type == "cuda" and world_size == 1 and importlib.util.find_spec("triton") is not None
     if not choice:
         return 0
+    # every block shares one traced graph per variant (input requiring grad or not, train or eval, static then
+    # dynamic length): leave Dynamo room for those of more than one model in a process before it falls back
+    for limit in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
     count = kernels.compile_blocks(model, dynamic=None)  # shapes go dynamic after the first new length
     if count == 0:
         log.info("train.compile: no transformer blocks (*DecoderLayer) found; nothing compiled")
