@@ -371,10 +371,7 @@ def compile_model(model: nn.Module, choice: bool | None, device: torch.device, w
     if not choice:
         return 0
     # every block shares one traced graph per variant (input requiring grad or not, train or eval, static then
-    # dynamic length): leave Dynamo room for those of more than one model in a process before it falls back
-    for limit in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, limit):
-            setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
+    # dynamic length); past Dynamo's recompile limit (8 per code object and process) new variants run eagerly
     count = kernels.compile_blocks(model, dynamic=None)  # shapes go dynamic after the first new length
     if count == 0:
         log.info("train.compile: no transformer blocks (*DecoderLayer) found; nothing compiled")
