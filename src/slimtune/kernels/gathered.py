@@ -126,5 +126,5 @@ def gathered_lora(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     per_row = x2.shape[0] // mask.shape[0]
     xa = (xa.view(mask.shape[0], per_row, -1) * mask[:, None, :]).view(x2.shape[0], -1)
     low = torch.mm(xa, b_cat.t()) if bias is None else torch.addmm(bias, xa, b_cat.t())  # (N, out)
-    y = torch.addmm(low, x2, weight.t())
+    y = low.addmm_(x2, weight.t())  # in place: no copy of the (N, out) product
     return y.view(*x.shape[:-1], y.shape[-1])

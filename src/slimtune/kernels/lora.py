@@ -3,7 +3,8 @@
 ``y = x W^T + b + s (x A^T) B^T``. Forward: ``x A^T`` once (N, r), then the base matmul accumulates onto the
 small product (cuBLAS's ``C`` input), so the (N, out) low-rank output is never added in a separate pass.
 Saved for backward: ``x`` (which the next op usually keeps anyway) and ``s x A^T`` (N, r); W is frozen, so no
-grad_W. Backward: ``gB = g^T (s xA)``, ``u = s g B`` (N, r), ``gA = u^T x``, ``grad_x = g W + u A`` (one
+grad_W. The accumulating products run in place (``addmm_``): the out-of-place ``torch.addmm(C, ...)`` copies C
+into a new output first, one (N, out) copy per product (the H200 profile showed two per layer and step). Backward: ``gB = g^T (s xA)``, ``u = s g B`` (N, r), ``gA = u^T x``, ``grad_x = g W + u A`` (one
 accumulating matmul).
 
 DoRA adds ``y = (m / ||W + s B A||_row) * z + b`` with ``z = x W^T + s x A^T B^T``. The row norm is computed
@@ -28,7 +29,7 @@ def _lora_out(x2: torch.Tensor, xd2: torch.Tensor, weight: torch.Tensor, bias: t
     """(x W^T + b + s xd A^T B^T, s xd A^T); inputs already flattened to (N, in)."""
     xa = torch.mm(xd2, lora_a.t()).mul_(scaling)  # (N, r)
     low = torch.mm(xa, lora_b.t()) if bias is None else torch.addmm(bias, xa, lora_b.t())  # (N, out)
-    return torch.addmm(low, x2, weight.t()), xa
+    return low.addmm_(x2, weight.t()), xa  # in place: torch.addmm(C, ...) would first copy C to a new output
 
 
 
@@ -62,7 +63,7 @@ class _LoraLinear(torch.autograd.Function):
         grad_bias = g.sum(0) if need_bias else None
         grad_x = grad_xd = None
         if ctx.same:  # the adapter read x itself: its gradient joins the base's
-            grad_x = torch.addmm(torch.mm(u, lora_a), g, weight) if need_x else None
+            grad_x = torch.mm(u, lora_a).addmm_(g, weight) if need_x else None
         else:
             grad_x = torch.mm(g, weight) if need_x else None
             grad_xd = torch.mm(u, lora_a) if need_xd else None
@@ -146,7 +147,7 @@ def _dora_out(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     b_scaled = lora_b * (scale * scaling).unsqueeze(1)  # (out, r)
     w_scaled = weight * scale.unsqueeze(1)  # (out, in)
     low = torch.mm(xa, b_scaled.t()) if bias is None else torch.addmm(bias, xa, b_scaled.t())  # (N, out)
-    return torch.addmm(low, x, w_scaled.t()), xa, w_scaled, b_scaled
+    return low.addmm_(x, w_scaled.t()), xa, w_scaled, b_scaled
 
 
 class _DoraLinear(torch.autograd.Function):
@@ -182,7 +183,7 @@ class _DoraLinear(torch.autograd.Function):
         u = torch.mm(g, b_scaled)  # (N, r) = s (g diag(scale)) B
         grad_a = torch.mm(u.t(), x) if need_a else None  # (r, in)
         grad_b = torch.mm(g.t(), xa).mul_((scale * ctx.scaling).unsqueeze(1)) if need_b else None  # (out, r)
-        grad_x = torch.addmm(torch.mm(u, lora_a), g, w_scaled) if need_x else None
+        grad_x = torch.mm(u, lora_a).addmm_(g, w_scaled) if need_x else None
         grad_bias = g.sum(0) if need_bias else None
         return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None, None, None
 
