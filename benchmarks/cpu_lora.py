@@ -43,7 +43,7 @@ FUSED_REL_TOL = 1e-4
 
 
 # ----- helpers shared by the workers ---------------------------------------------------------------------------
-from procmem import _hwm_mib, _maxrss_mib, _reset_hwm, _rss_mib, _threads, machine  # noqa: E402  (benchmarks/ helpers)
+from procmem import _hwm_mib, _maxrss_mib, _reset_hwm, _rss_mib, _threads, alternate, machine  # noqa: E402  (benchmarks/ helpers)
 
 
 def _input_ids(vocab: int) -> torch.Tensor:
@@ -123,25 +123,7 @@ def interleaved_worker(warmup: int, steps: int) -> dict[str, Any]:
         model.train()
         opts[side] = torch.optim.AdamW(_trainable(model), lr=LR)
     ids = _input_ids(models["peft"].config.vocab_size)  # type: ignore[union-attr]
-    wall: dict[str, list[float]] = {s: [] for s in SIDES}
-    cpu: dict[str, list[float]] = {s: [] for s in SIDES}
-    losses: dict[str, list[float]] = {s: [] for s in SIDES}
-    for i in range(warmup + steps):
-        for side in SIDES if i % 2 == 0 else SIDES[::-1]:
-            t0, c0 = time.perf_counter(), time.process_time()
-            loss = _step(side, models[side], opts[side], ids)
-            if i >= warmup:
-                wall[side].append(time.perf_counter() - t0)
-                cpu[side].append(time.process_time() - c0)
-            losses[side].append(float(loss))
-    med = statistics.median
-    pairs = [a / b for a, b in zip(wall["slimtune"], wall["peft"], strict=True)]
-    return {"step_s": wall, "step_cpu_s": cpu, "losses": losses,
-            "step_median_s": {s: med(wall[s]) for s in SIDES}, "step_cpu_median_s": {s: med(cpu[s]) for s in SIDES},
-            "ratio_of_medians": med(wall["slimtune"]) / med(wall["peft"]),
-            "cpu_ratio_of_medians": med(cpu["slimtune"]) / med(cpu["peft"]),
-            "per_step_pair_ratios": pairs, "pair_ratio_quartiles": statistics.quantiles(pairs, n=4)
-            if len(pairs) > 1 else pairs * 3}
+    return alternate(lambda side: float(_step(side, models[side], opts[side], ids)), SIDES, warmup, steps)
 
 
 # ----- forward worker (both sides in one process) --------------------------------------------------------------

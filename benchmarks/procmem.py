@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +56,30 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
             "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "memory_gib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30}
+
+
+def alternate(step: Callable[[str], float], sides: Sequence[str], warmup: int, steps: int) -> dict[str, Any]:
+    """Both sides' training steps in this one process, one each in turn (which goes first alternates), so that a
+    change in the machine's load over the run slows both alike. ``step(side)`` runs one step and returns its
+    loss. Wall and process CPU times (all threads; a busy neighbour inflates it less) of the timed steps, and
+    the ratio of the first side's median over the second's."""
+    wall: dict[str, list[float]] = {s: [] for s in sides}
+    cpu: dict[str, list[float]] = {s: [] for s in sides}
+    losses: dict[str, list[float]] = {s: [] for s in sides}
+    for i in range(warmup + steps):
+        for side in sides if i % 2 == 0 else sides[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            loss = step(side)
+            if i >= warmup:
+                wall[side].append(time.perf_counter() - t0)
+                cpu[side].append(time.process_time() - c0)
+            losses[side].append(loss)
+    med = statistics.median
+    first, second = sides
+    pairs = [a / b for a, b in zip(wall[first], wall[second], strict=True)]
+    return {"step_s": wall, "step_cpu_s": cpu, "losses": losses,
+            "step_median_s": {s: med(wall[s]) for s in sides}, "step_cpu_median_s": {s: med(cpu[s]) for s in sides},
+            "ratio_of_medians": med(wall[first]) / med(wall[second]),
+            "cpu_ratio_of_medians": med(cpu[first]) / med(cpu[second]),
+            "per_step_pair_ratios": pairs,
+            "pair_ratio_quartiles": statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3}
