@@ -142,6 +142,24 @@ def test_gathered_lora_inference_grouped_and_scattered_rows(rows: list[str | Non
         torch.testing.assert_close(out[i], want, **TOL)
 
 
+def test_gathered_lora_stack_cache_never_serves_another_tensors_values() -> None:
+    """The stacked-adapter cache is keyed by storage and version: a new tensor on the same memory with the same
+    version (memory an earlier adapter freed; here numpy memory written behind torch's back) must miss."""
+    import numpy as np
+
+    x, w = _rand(3, 4, 12, grad=False, seed=1), _rand(7, 12, grad=False, seed=2)
+    rng = np.random.default_rng(0)
+    memory = [rng.standard_normal((2, 12)), rng.standard_normal((7, 2))]
+    rows = ["p", None, "p"]
+    for _ in range(2):
+        a, b = torch.from_numpy(memory[0]), torch.from_numpy(memory[1])  # fresh tensors, version 0, same memory
+        with torch.no_grad():
+            out = kernels.gathered_lora(x, w, None, [a], [b], [1.5], ["p"], rows)
+        torch.testing.assert_close(out[0], F.linear(x[0], w) + 1.5 * F.linear(F.linear(x[0], a), b), **TOL)
+        memory[0][:] = rng.standard_normal((2, 12))  # other values in the same memory
+        memory[1][:] = rng.standard_normal((7, 2))
+
+
 def test_gathered_lora_gradients_flow_to_every_adapter() -> None:
     x, w = _rand(4, 2, 6, seed=1), _rand(5, 6, grad=False, seed=2)
     a, b = [_rand(2, 6, seed=3), _rand(2, 6, seed=4)], [_rand(5, 2, seed=5), _rand(5, 2, seed=6)]

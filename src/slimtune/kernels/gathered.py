@@ -14,13 +14,14 @@ straight into its part of the output: the base product's work, plus a weight-siz
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 
 _CACHE_SIZE = 1024
-_stacks: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+_stacks: OrderedDict[tuple, tuple[tuple[weakref.ref, ...], tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
 _masks: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _runs: OrderedDict[tuple, list[tuple[str | None, int, int]] | None] = OrderedDict()
 
@@ -32,18 +33,20 @@ def _remember(cache: OrderedDict, key: tuple, value: object) -> None:
 
 
 def _stack(lora_a: Sequence[torch.Tensor], lora_b: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R, in) and (out, R); cached by storage and version when no gradient flows through them (inference
-    tensors, which keep no version, are stacked afresh)."""
+    """(R, in) and (out, R); cached by tensor, storage and version when no gradient flows through them
+    (inference tensors, which keep no version, are stacked afresh). An entry also holds weak references to the
+    tensors it was stacked from: memory (and an object id) freed by one adapter and reused by another with the
+    same shape must not hit the first one's stack."""
     tensors = (*lora_a, *lora_b)
     if torch.compiler.is_compiling() or any(t.is_inference() or (torch.is_grad_enabled() and t.requires_grad)
                                             for t in tensors):
         return torch.cat(list(lora_a), 0), torch.cat(list(lora_b), 1)
-    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+    key = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
     hit = _stacks.get(key)
-    if hit is None:
-        hit = (torch.cat(list(lora_a), 0), torch.cat(list(lora_b), 1))
+    if hit is None or any(ref() is not t for ref, t in zip(hit[0], tensors, strict=True)):
+        hit = (tuple(weakref.ref(t) for t in tensors), (torch.cat(list(lora_a), 0), torch.cat(list(lora_b), 1)))
         _remember(_stacks, key, hit)
-    return hit
+    return hit[1]
 
 
 def row_scales(rows: Sequence[str | None], names: Sequence[str], ranks: Sequence[int], scalings: Sequence[float],

@@ -4,8 +4,9 @@
 small product (cuBLAS's ``C`` input), so the (N, out) low-rank output is never added in a separate pass.
 Saved for backward: ``x`` (which the next op usually keeps anyway) and ``s x A^T`` (N, r); W is frozen, so no
 grad_W. The accumulating products run in place (``addmm_``): the out-of-place ``torch.addmm(C, ...)`` copies C
-into a new output first, one (N, out) copy per product (the H200 profile showed two per layer and step). Backward: ``gB = g^T (s xA)``, ``u = s g B`` (N, r), ``gA = u^T x``, ``grad_x = g W + u A`` (one
-accumulating matmul).
+into a new output first, one (N, out) copy per product (the H200 profile showed two per layer and step).
+Backward: ``gB = g^T (s xA)``, ``u = s g B`` (N, r), ``gA = u^T x``, ``grad_x = g W + u A`` (one accumulating
+matmul).
 
 DoRA adds ``y = (m / ||W + s B A||_row) * z + b`` with ``z = x W^T + s x A^T B^T``. The row norm is computed
 once per call from W's row norms and two skinny products (no (out, in) sum formed), and saved for backward;
@@ -16,6 +17,7 @@ and product), else from one more base matmul in backward (``recompute=True``).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -105,9 +107,11 @@ def _weight_sq(weight: torch.Tensor, acc: torch.dtype, cache: dict | None) -> to
     """|W|^2 per row; W is frozen, so a caller's ``cache`` keeps it while W's storage and version stay."""
     if cache is None or torch.compiler.is_compiling() or weight.is_inference():  # (no version to check against)
         return torch.linalg.vector_norm(weight, dim=1, dtype=acc).square()
-    key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), acc)
-    if cache.get("key") != key:
-        cache["key"], cache["value"] = key, torch.linalg.vector_norm(weight, dim=1, dtype=acc).square_()
+    key = (id(weight), weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), acc)
+    held = cache.get("weight")
+    if cache.get("key") != key or held is None or held() is not weight:  # (a freed weight's memory may be reused)
+        cache["key"], cache["weight"] = key, weakref.ref(weight)
+        cache["value"] = torch.linalg.vector_norm(weight, dim=1, dtype=acc).square_()
     return cache["value"]
 
 
