@@ -33,15 +33,15 @@ def _remember(cache: OrderedDict, key: tuple, value: object) -> None:
 
 
 def _stack(lora_a: Sequence[torch.Tensor], lora_b: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R, in) and (out, R); cached by tensor, storage and version when no gradient flows through them
-    (inference tensors, which keep no version, are stacked afresh). An entry also holds weak references to the
-    tensors it was stacked from: memory (and an object id) freed by one adapter and reused by another with the
-    same shape must not hit the first one's stack."""
+    """(R, in) and (out, R); cached by storage and version when no gradient flows through them (inference
+    tensors, which keep no version, are stacked afresh). An entry also holds weak references to the tensors it
+    was stacked from and serves only those: memory freed by one adapter and reused by another with the same
+    shape must not hit the first one's stack."""
     tensors = (*lora_a, *lora_b)
     if torch.compiler.is_compiling() or any(t.is_inference() or (torch.is_grad_enabled() and t.requires_grad)
                                             for t in tensors):
         return torch.cat(list(lora_a), 0), torch.cat(list(lora_b), 1)
-    key = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
     hit = _stacks.get(key)
     if hit is None or any(ref() is not t for ref, t in zip(hit[0], tensors, strict=True)):
         hit = (tuple(weakref.ref(t) for t in tensors), (torch.cat(list(lora_a), 0), torch.cat(list(lora_b), 1)))

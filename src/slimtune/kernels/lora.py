@@ -107,7 +107,7 @@ def _weight_sq(weight: torch.Tensor, acc: torch.dtype, cache: dict | None) -> to
     """|W|^2 per row; W is frozen, so a caller's ``cache`` keeps it while W's storage and version stay."""
     if cache is None or torch.compiler.is_compiling() or weight.is_inference():  # (no version to check against)
         return torch.linalg.vector_norm(weight, dim=1, dtype=acc).square()
-    key = (id(weight), weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), acc)
+    key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), acc)
     held = cache.get("weight")
     if cache.get("key") != key or held is None or held() is not weight:  # (a freed weight's memory may be reused)
         cache["key"], cache["weight"] = key, weakref.ref(weight)

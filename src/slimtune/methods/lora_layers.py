@@ -230,15 +230,15 @@ class LoraLinear(_LoraBase):
             return None
         cast = kernels.autocast_dtype(x)
         if cast is None:
-            return self._run(x, plan, rows, plan[2:6], self._norm_cache)
-        if plan[1] == "mixed":  # (stacked adapters are cached by storage: casts are fresh tensors each call)
+            return self._run(x, plan, rows, plan[2:6])
+        if plan[1] == "mixed":  # casts are fresh tensors each call: every call would add a stack to the cache
             return None
         with torch.autocast(x.device.type, enabled=False):  # autocast's products, in autocast's dtype
             tensors = tuple(t if t is None else t.to(cast) for t in plan[2:6])
-            return self._run(x.to(cast), plan, rows, tensors, None)
+            return self._run(x.to(cast), plan, rows, tensors)
 
-    def _run(self, x: torch.Tensor, plan: tuple, rows: list[str | None] | None, tensors: tuple,
-             norm_cache: dict | None) -> torch.Tensor | None:
+    def _run(self, x: torch.Tensor, plan: tuple, rows: list[str | None] | None,
+             tensors: tuple) -> torch.Tensor | None:
         kind, extra, scaling = plan[1], plan[6], plan[7]
         weight, bias, a, b = tensors
         if weight.dtype != x.dtype or a.dtype != weight.dtype:  # a cast since the plan was made
@@ -249,7 +249,7 @@ class LoraLinear(_LoraBase):
             return kernels.lora_linear(x, weight, bias, a, b, scaling, xd=xd)
         if kind == "dora":
             return kernels.dora_linear(x, weight, bias, a, b, extra, scaling, recompute=kernels.dora_recompute(),
-                                       cache=norm_cache)
+                                       cache=self._norm_cache)
         names, a_list, b_list, scalings = extra
         if len(rows or ()) != x.shape[0]:
             return None
