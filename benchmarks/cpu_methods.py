@@ -179,17 +179,22 @@ def _loss(side: str, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, labels=ids).loss
 
 
+def _step(side: str, model: nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor) -> float:
+    """One AdamW step; returns its loss."""
+    loss = _loss(side, model, ids)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def _train(side: str, model: nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor,
            n: int) -> tuple[list[float], list[float]]:
     times, losses = [], []
     for _ in range(n):
         t0 = time.perf_counter()
-        loss = _loss(side, model, ids)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        losses.append(_step(side, model, opt, ids))
         times.append(time.perf_counter() - t0)
-        losses.append(float(loss.detach()))
     return times, losses
 
 
@@ -256,15 +261,8 @@ def interleaved_worker(method: str, warmup: int, steps: int) -> dict[str, Any]:
         model.train()
         opts[side] = _optimizer(method, side, model)
     ids = _input_ids(models["peft"].config.vocab_size)  # type: ignore[union-attr]
-
-    def step(side: str) -> float:
-        loss = _loss(side, models[side], ids)
-        loss.backward()
-        opts[side].step()
-        opts[side].zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    return {"method": method, **alternate(step, SIDES, warmup, steps)}
+    return {"method": method, **alternate(lambda side: _step(side, models[side], opts[side], ids), SIDES, warmup,
+                                          steps)}
 
 
 # ----- driver --------------------------------------------------------------------------------------------------------
