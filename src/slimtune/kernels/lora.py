@@ -3,8 +3,8 @@
 ``y = x W^T + b + s (x A^T) B^T``. Forward: ``x A^T`` once (N, r), then the base matmul accumulates onto the
 small product (cuBLAS's ``C`` input), so the (N, out) low-rank output is never added in a separate pass.
 Saved for backward: ``x`` (which the next op usually keeps anyway) and ``s x A^T`` (N, r); W is frozen, so no
-grad_W. The accumulating products run in place (``addmm_``): the out-of-place ``torch.addmm(C, ...)`` copies C
-into a new output first, one (N, out) copy per product (the H200 profile showed two per layer and step).
+grad_W. The accumulating products run in place (``addmm_``) when eager: the out-of-place ``torch.addmm(C, ...)``
+copies C into a new output first, one (N, out) copy per product (the H200 profile showed two per layer and step).
 Backward: ``gB = g^T (s xA)``, ``u = s g B`` (N, r), ``gA = u^T x``, ``grad_x = g W + u A`` (one accumulating
 matmul).
 
@@ -31,8 +31,16 @@ def _lora_out(x2: torch.Tensor, xd2: torch.Tensor, weight: torch.Tensor, bias: t
     """(x W^T + b + s xd A^T B^T, s xd A^T); inputs already flattened to (N, in)."""
     xa = torch.mm(xd2, lora_a.t()).mul_(scaling)  # (N, r)
     low = torch.mm(xa, lora_b.t()) if bias is None else torch.addmm(bias, xa, lora_b.t())  # (N, out)
-    return low.addmm_(x2, weight.t()), xa  # in place: torch.addmm(C, ...) would first copy C to a new output
+    return _accumulate(low, x2, weight), xa
 
+
+def _accumulate(low: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``low + x W^T``: in place when eager (the out-of-place ``torch.addmm(C, ...)`` copies C to a new output
+    first). Out of place under torch.compile, which plans its own buffers, and where the in-place form inside a
+    custom autograd forward made torch 2.11's Inductor (CUDA) return zero gradients for every input."""
+    if torch.compiler.is_compiling():
+        return torch.addmm(low, x, weight.t())
+    return low.addmm_(x, weight.t())
 
 
 class _LoraLinear(torch.autograd.Function):
@@ -151,7 +159,7 @@ def _dora_out(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     b_scaled = lora_b * (scale * scaling).unsqueeze(1)  # (out, r)
     w_scaled = weight * scale.unsqueeze(1)  # (out, in)
     low = torch.mm(xa, b_scaled.t()) if bias is None else torch.addmm(bias, xa, b_scaled.t())  # (N, out)
-    return low.addmm_(x, w_scaled.t()), xa, w_scaled, b_scaled
+    return _accumulate(low, x, w_scaled), xa, w_scaled, b_scaled
 
 
 class _DoraLinear(torch.autograd.Function):
