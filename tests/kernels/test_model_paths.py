@@ -82,11 +82,16 @@ def test_autocast_fast_path_runs_in_autocast_dtype(case: str, monkeypatch: pytes
         assert not calls
         loss, grads = _loss_and_grads(model, _ids(), fast=True)
     assert calls and set(calls) == {torch.bfloat16}
-    # the fast path's error against float32 is of the size of the autocast reference path's own
+    # the fast path's error against float32 is of the size of the autocast reference path's own: over all
+    # gradients together within 2x of it, and per tensor within 2x of it or of bfloat16's epsilon (2^-7; two
+    # orders of bf16 rounding differ per tensor by 2x by chance: 0.0128 vs 0.0063 for one of 28 LoRA tensors)
     assert abs(loss - exact_loss) <= max(3 * abs(ref_loss - exact_loss).item(), 1e-3 * abs(exact_loss).item())
+    assert all(g.dtype == torch.float32 for g in grads) and all(e.abs().sum() > 0 for e in exact_grads)
+    assert _rel(torch.cat([g.flatten() for g in grads]), torch.cat([e.flatten() for e in exact_grads])) <= 2 * _rel(
+        torch.cat([r.flatten() for r in ref_grads]), torch.cat([e.flatten() for e in exact_grads]))
+    eps = torch.finfo(torch.bfloat16).eps
     for got, ref, exact in zip(grads, ref_grads, exact_grads, strict=True):
-        assert got.dtype == torch.float32 and exact.abs().sum() > 0
-        assert _rel(got, exact) <= 2 * max(_rel(ref, exact), 1e-3)
+        assert _rel(got, exact) <= 2 * max(_rel(ref, exact), eps)
 
 
 def test_dropout_fast_path_gives_the_same_gradients_for_the_same_mask() -> None:
