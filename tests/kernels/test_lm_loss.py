@@ -34,11 +34,19 @@ def _grads(model: nn.Module) -> list[torch.Tensor]:
     return [p.grad.detach().clone() for p in model.parameters() if p.requires_grad and p.grad is not None]
 
 
-@pytest.mark.parametrize("build", ["llama", "llama_tied", "gpt2"])
+LORA = st.LoraConfig(r=4, alpha=8, targets="all-linear")
+PROMPT = st.PromptTuningConfig(num_virtual_tokens=3)
+PREFIX = st.PrefixTuningConfig(num_virtual_tokens=3)
+
+
+@pytest.mark.parametrize(("build", "config"), [
+    ("llama", LORA), ("llama_tied", LORA), ("gpt2", LORA),
+    ("llama", PROMPT), ("llama_tied", PREFIX), ("llama", PREFIX),  # inputs put in as the forward puts them
+])
 @pytest.mark.parametrize("fast", [False, True])
-def test_loss_and_gradients_equal_the_models_own(build: str, fast: bool) -> None:
+def test_loss_and_gradients_equal_the_models_own(build: str, config: st.AdapterConfig, fast: bool) -> None:
     base = {"llama": tiny_llama, "llama_tied": lambda: tiny_llama(tie=True), "gpt2": tiny_gpt2}[build]()
-    model = st.adapt(base, st.LoraConfig(r=4, alpha=8, targets="all-linear"))
+    model = st.adapt(base, config)
     randomize_adapters(model)
     model.train()
     batch = _batch()
@@ -76,8 +84,6 @@ def test_steps_aside_where_it_does_not_apply() -> None:
     assert kernels.lm_loss(llama, {k: v for k, v in batch.items() if k != "labels"}) is None
     llama.config.final_logit_softcapping = 30.0  # the forward does more to the logits than the head
     assert kernels.lm_loss(llama, batch) is None
-    prompted = st.adapt(tiny_llama(), st.PromptTuningConfig(num_virtual_tokens=3))
-    assert kernels.lm_loss(prompted, batch) is None  # the prompt goes in through the wrapper's forward
     head_adapted = st.adapt(tiny_llama(), st.LoraConfig(r=2, targets=("lm_head",)))
     assert kernels.lm_loss(head_adapted, batch) is None
     mixed = st.adapt(tiny_llama(), st.LoraConfig(r=2))

@@ -87,7 +87,12 @@ def test_dora_linear_matches_formula(recompute: bool, with_bias: bool) -> None:
 
 @pytest.mark.parametrize("chunk", [None, 3])
 @pytest.mark.parametrize("train_head", [False, True])
-def test_linear_cross_entropy_matches_torch(chunk: int | None, train_head: bool) -> None:
+@pytest.mark.parametrize("vocab_first", [False, True])  # the CPU's (V, c) logits and the GPU's (c, V)
+def test_linear_cross_entropy_matches_torch(chunk: int | None, train_head: bool, vocab_first: bool,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from slimtune.kernels import loss
+
+    monkeypatch.setattr(loss, "_vocab_first", lambda hidden: vocab_first)
     h, w = _rand(10, 8, seed=1), _rand(33, 8, grad=train_head, seed=2)
     labels = torch.randint(0, 33, (10,), generator=torch.Generator().manual_seed(3))
     labels[[1, 6]] = -100
@@ -177,9 +182,10 @@ def test_mode_switches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLIMTUNE_KERNELS", "fast")
     assert kernels.enabled(cpu)
     monkeypatch.setenv("SLIMTUNE_KERNELS", "auto")
-    assert not kernels.enabled(cpu, "dora") and not kernels.enabled(cpu, "lora")  # CPU training: reference
+    assert kernels.enabled(cpu, "dora") and kernels.enabled(cpu, "lora") and kernels.enabled(cpu, "loss")
+    assert not kernels.enabled(cpu, "mixed")  # CPU training with per-row adapters: the reference
     with torch.no_grad():
-        assert kernels.enabled(cpu, "dora")  # CPU inference: every fused product
+        assert kernels.enabled(cpu, "mixed")  # CPU inference: every fused product
     with kernels.fast_paths(True):
         assert kernels.mode() == "fast"
         with kernels.fast_paths(False):

@@ -190,6 +190,13 @@ class AdaptedModel(nn.Module):
                 args, kwargs = inputs.prepare(self.model, args, kwargs)
             return self.model(*args, **kwargs)
 
+    def model_inputs(self, **kwargs: Any) -> dict[str, Any]:
+        """The keyword arguments the wrapped model's forward gets for a call ``self(**kwargs)``: the active
+        prompt / prefix adapter's inputs put in (virtual tokens in front of ``inputs_embeds`` with -100 labels
+        for them, a prefix in the cache, the attention mask extended), else ``kwargs`` as given."""
+        inputs = self._active_input()
+        return dict(kwargs) if inputs is None else inputs.prepare(self.model, (), kwargs)[1]
+
     def generate(self, *args: Any, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
         with self._rows(adapter_names):
             inputs = self._active_input()

@@ -165,19 +165,20 @@ def _dora_out(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
 class _DoraLinear(torch.autograd.Function):
     """On flattened (N, in) inputs; the magnitude's gradient sum_n g (y - b) / (scale norm) reuses the output.
 
-    Saves ``diag(scale) W`` from the forward (weight-sized, freed after backward) unless ``recompute``, which
-    keeps nothing weight- or (N, out)-sized and redoes both in backward."""
+    Keeps W itself, not ``diag(scale) W`` (a weight-sized copy per layer alive from forward to backward: 425 MB
+    over SmolLM2-135M's linears); backward scales whichever is smaller, the gradient (N, out) or W (out, in).
+    ``recompute`` keeps nothing (N, out)-sized either and redoes the output in backward."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
                 lora_b: torch.Tensor, magnitude: torch.Tensor, scaling: float, recompute: bool,
                 cache: dict | None) -> torch.Tensor:
         scale, inv = _dora_scales(weight, lora_a, lora_b, magnitude, scaling, x.dtype, cache)
-        y, xa, w_scaled, b_scaled = _dora_out(x, weight, bias, lora_a, lora_b, scale, scaling)
+        y, xa, _, b_scaled = _dora_out(x, weight, bias, lora_a, lora_b, scale, scaling)
         if recompute:
             ctx.save_for_backward(x, xa, weight, bias, lora_a, lora_b, scale, inv, None, None, None)
         else:
-            ctx.save_for_backward(x, xa, None, bias, lora_a, None, scale, inv, w_scaled, b_scaled, y)
+            ctx.save_for_backward(x, xa, weight, bias, lora_a, None, scale, inv, None, b_scaled, y)
         ctx.scaling, ctx.recompute = scaling, recompute
         return y
 
@@ -195,7 +196,15 @@ class _DoraLinear(torch.autograd.Function):
         u = torch.mm(g, b_scaled)  # (N, r) = s (g diag(scale)) B
         grad_a = torch.mm(u.t(), x) if need_a else None  # (r, in)
         grad_b = torch.mm(g.t(), xa).mul_((scale * ctx.scaling).unsqueeze(1)) if need_b else None  # (out, r)
-        grad_x = torch.mm(u, lora_a).addmm_(g, w_scaled) if need_x else None
+        grad_x = None
+        if need_x:
+            low = torch.mm(u, lora_a)
+            if w_scaled is not None:
+                grad_x = low.addmm_(g, w_scaled)
+            elif g.shape[0] < weight.shape[1]:  # (g diag(scale)) W: an (N, out) pass
+                grad_x = low.addmm_(g * scale, weight)
+            else:  # g (diag(scale) W): an (out, in) pass
+                grad_x = low.addmm_(g, weight * scale.unsqueeze(1))
         grad_bias = g.sum(0) if need_bias else None
         return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None, None, None
 
