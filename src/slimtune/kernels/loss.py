@@ -34,12 +34,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        vocab_first = _vocab_first(hidden)
+        vocab_first, need = _vocab_first(hidden), grad_h is not None or grad_w is not None
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start:start + chunk]  # (c, H)
             ok = valid[start:start + chunk]
             target = torch.where(ok, labels[start:start + chunk], 0)
-            need = grad_h is not None or grad_w is not None
             loss_sum, dlogits = _chunk(h, weight, target, ok, inv, vocab_first, need)
             total += loss_sum
             if dlogits is None:
@@ -83,8 +82,9 @@ def _chunk(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ok: torc
     loss_sum = ((top + norm.log() - picked) * ok).sum()
     if not need_grad:
         return loss_sum, None
-    probs.mul_((ok.float() * inv / norm).unsqueeze(dim))
-    probs.scatter_add_(dim, target.unsqueeze(dim), -(ok.float() * inv).unsqueeze(dim))
+    share = ok.float() * inv  # each target row's weight in the mean
+    probs.mul_((share / norm).unsqueeze(dim))
+    probs.scatter_add_(dim, target.unsqueeze(dim), -share.unsqueeze(dim))
     return loss_sum, probs
 
 
@@ -167,7 +167,7 @@ def lm_loss(model: nn.Module, batch: Mapping[str, Any], fast: bool | None = None
     hidden = decoder(**kwargs).last_hidden_state
     if hidden.shape[:2] != labels.shape:
         raise AdapterStateError(f"lm_loss: the decoder gave hidden states {tuple(hidden.shape)} for labels "
-                         f"{tuple(labels.shape)}; call the model for its loss instead")
+                                f"{tuple(labels.shape)}; call the model for its loss instead")
     shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1)  # position t predicts token t + 1
     keep = (shifted != IGNORE_INDEX).nonzero().squeeze(1)
     rows, targets = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep), shifted.index_select(0, keep)
